@@ -1,0 +1,101 @@
+# The book's two commands:  make book  (QUICK=1 make book for quick mode)  and  make test.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+QUICK ?= 0
+ifeq ($(QUICK),1)
+MODE := quick
+QUICK_PY := True
+else
+MODE := full
+QUICK_PY := False
+endif
+
+EXEC_DIR  := _build/executed/$(MODE)
+STAGE_DIR := _build/source-$(MODE)
+CHAPTERS  := $(sort $(wildcard chapters/*.ipynb))
+EXECUTED  := $(patsubst chapters/%,$(EXEC_DIR)/%,$(CHAPTERS))
+LIBRARY   := $(shell find flatlib -name '*.py' 2>/dev/null) $(wildcard benchmarks/results/*.json)
+PAGES     := _config.yml _toc.yml references.bib $(wildcard *.md) $(wildcard chapters/*.md)
+
+export FLATLIB_CACHE ?= $(CURDIR)/_cache/models
+export MPLBACKEND := module://matplotlib_inline.backend_inline
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help env book test unit nbval notebooks html lab expected clean clean-cache
+
+help:
+	@echo "make book        set up .venv, execute every chapter (full mode), render _build/html"
+	@echo "QUICK=1 make book  the same in quick mode (minutes on a laptop CPU)"
+	@echo "make test        unit tests + doctests, every chapter in quick mode under nbval, quick book"
+	@echo "make lab         JupyterLab on the chapters"
+	@echo "make expected CHAPTER=chapters/NAME.ipynb  refresh the outputs nbval compares"
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (flatlib book)" > /dev/null
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# Execute one chapter with papermill; re-run only when the notebook or flatlib changed.
+$(EXEC_DIR)/%.ipynb: chapters/%.ipynb $(LIBRARY) | $(STAMP)
+	@mkdir -p $(@D)
+	@echo "executing $< ($(MODE) mode)"
+	@start=$$(date +%s); \
+	FLATLIB_QUICK=$(if $(filter quick,$(MODE)),1,0) FLATLIB_PROGRESS=0 \
+	  $(BIN)/papermill --cwd chapters --kernel python3 --no-progress-bar --log-level WARNING \
+	  -p QUICK $(QUICK_PY) $< $@.tmp; \
+	mv $@.tmp $@; echo "  done in $$(( $$(date +%s) - start )) s"
+
+notebooks: $(EXECUTED)
+
+# Stage the book source with the executed chapters, then build HTML with warnings as errors.
+html: $(EXECUTED)
+	@rm -rf $(STAGE_DIR) && mkdir -p $(STAGE_DIR)/chapters
+	@cp $(PAGES) $(STAGE_DIR)/ 2>/dev/null || true
+	@cp $(wildcard chapters/*.md) $(STAGE_DIR)/chapters/ 2>/dev/null || true
+	@cp $(EXECUTED) $(STAGE_DIR)/chapters/
+	@if [ -d images ]; then cp -r images $(STAGE_DIR)/; fi
+	@if [ -d benchmarks/results ]; then mkdir -p $(STAGE_DIR)/benchmarks && cp -r benchmarks/results $(STAGE_DIR)/benchmarks/; fi
+	$(BIN)/jupyter-book config sphinx $(STAGE_DIR) > /dev/null
+	@rm -rf _build/html
+	$(BIN)/sphinx-build -W --keep-going -q -b html $(STAGE_DIR) _build/html
+	@echo "book: $(CURDIR)/_build/html/index.html ($(MODE) mode)"
+
+book: html
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests flatlib tools --doctest-modules -p no:cacheprovider
+
+# nbval re-executes every chapter in quick mode; cells marked NBVAL_CHECK_OUTPUT are compared.
+nbval: $(STAMP)
+	FLATLIB_QUICK=1 FLATLIB_PROGRESS=0 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=900 \
+	  -p no:cacheprovider $(CHAPTERS)
+
+test: unit nbval
+	$(MAKE) --no-print-directory html QUICK=1
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=chapters $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# Refresh the outputs nbval compares (claim cells) after a deliberate change of a chapter.
+expected: $(STAMP)
+	@test -n "$(CHAPTER)" || (echo "usage: make expected CHAPTER=chapters/NAME.ipynb" && exit 2)
+	FLATLIB_QUICK=1 FLATLIB_PROGRESS=0 $(BIN)/python tools/expected_outputs.py $(CHAPTER)
+
+clean:
+	rm -rf _build
+
+clean-cache:
+	rm -rf _cache

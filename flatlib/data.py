@@ -1,0 +1,236 @@
+"""Datasets that need no network, and loaders for the real ones when a reader has one.
+
+* :func:`mnist1d` generates MNIST-1D (Greydanus 2020) locally with the
+  ``mnist1d`` package's ``make_dataset`` (its download path is never used).
+* :func:`digits` wraps scikit-learn's 8×8 digits.
+* :func:`torchvision_dataset` reads MNIST, FashionMNIST or CIFAR-10 from a local ``root``
+  in the datasets' own file formats (``download=True`` fetches them where a network exists).
+
+Every function returns a :class:`Split` of float32 inputs and int64 labels, with deterministic
+splits and subsets controlled by explicit seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._validation import check_tensor_pair
+
+__all__ = ["Split", "mnist1d", "digits", "torchvision_dataset", "subset", "from_spec",
+           "TORCHVISION_DATASETS"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split of tensors.
+
+    Attributes:
+        X_train, y_train, X_test, y_test: inputs (float32) and integer labels (int64).
+        num_classes: number of classes.
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    @property
+    def train(self) -> Tuple[Tensor, Tensor]:
+        """The ``(X, y)`` training pair."""
+        return self.X_train, self.y_train
+
+    @property
+    def test(self) -> Tuple[Tensor, Tensor]:
+        """The ``(X, y)`` test pair."""
+        return self.X_test, self.y_test
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        return tuple(self.X_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (f"Split(train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
+                f"num_classes={self.num_classes})")
+
+
+def subset(data: Tuple[Tensor, Tensor], n: int, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """A deterministic random subset of ``n`` samples of an ``(X, y)`` pair.
+
+    >>> X, y = torch.arange(10.).reshape(10, 1), torch.arange(10)
+    >>> Xs, ys = subset((X, y), 3, seed=1)
+    >>> Xs.shape, bool((Xs[:, 0].long() == ys).all())
+    (torch.Size([3, 1]), True)
+    """
+    X, y = check_tensor_pair(data)
+    if not isinstance(n, int) or not 0 < n <= X.shape[0]:
+        raise ValueError(f"n: expected an integer in [1, {X.shape[0]}], got {n!r}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(X.shape[0], generator=g)[:n].sort().values
+    return X[idx], y[idx]
+
+
+def _limit(split: Split, n_train: int | None, n_test: int | None, seed: int) -> Split:
+    train, test = split.train, split.test
+    if n_train is not None:
+        train = subset(train, n_train, seed)
+    if n_test is not None:
+        test = subset(test, n_test, seed + 1)
+    return Split(*train, *test, split.num_classes)
+
+
+@functools.lru_cache(maxsize=8)
+def _mnist1d_arrays(num_samples: int, seed: int):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = seed
+    args.train_split = 1.0  # we split ourselves
+    # make_dataset seeds the global `random` and NumPy generators: keep the caller's state.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return d["x"].astype(np.float32), d["y"].astype(np.int64)
+
+
+def mnist1d(num_samples: int = 5000, train_fraction: float = 0.8, seed: int = 42,
+            n_train: int | None = None, n_test: int | None = None,
+            channels: bool = False) -> Split:
+    """MNIST-1D, generated locally: 10 classes of 40-sample 1-D signals.
+
+    With the defaults this is the reference dataset of the ``mnist1d`` package
+    (4,000 training and 1,000 test signals).
+
+    Args:
+        num_samples: total number of signals generated (split into train and test).
+        train_fraction: the share of ``num_samples`` used for training.
+        seed: the generator's seed.
+        n_train, n_test: optional deterministic subsets of each part.
+        channels: return inputs of shape ``(N, 1, 40)`` (for 1-D convolutions) instead of
+            ``(N, 40)``.
+
+    Returns:
+        A :class:`Split`.
+
+    Raises:
+        ValueError: ``num_samples`` too small or ``train_fraction`` outside (0, 1).
+    """
+    if not isinstance(num_samples, int) or num_samples < 20:
+        raise ValueError(f"num_samples: expected an integer ≥ 20, got {num_samples!r}")
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction: expected a number in (0, 1), got {train_fraction!r}")
+    x, y = _mnist1d_arrays(num_samples, seed)
+    X, Y = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+    if channels:
+        X = X.unsqueeze(1)
+    cut = int(round(len(Y) * train_fraction))
+    split = Split(X[:cut], Y[:cut], X[cut:], Y[cut:], 10)
+    return _limit(split, n_train, n_test, seed)
+
+
+def digits(classes: Sequence[int] | None = None, test_fraction: float = 0.25, seed: int = 0,
+           n_train: int | None = None, n_test: int | None = None,
+           standardize: bool = True) -> Split:
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 64 features), stratified split.
+
+    Args:
+        classes: keep only these digits, relabelled ``0..len(classes)-1`` in the given order
+            (for example ``(0, 1)`` for a binary task). ``None`` keeps all ten.
+        test_fraction: the share held out for testing.
+        seed: the split's seed.
+        n_train, n_test: optional deterministic subsets.
+        standardize: scale features to zero mean and unit variance (statistics of the
+            training part only).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    if classes is not None:
+        classes = list(classes)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
+            raise ValueError(f"classes: expected at least two distinct digits in 0..9, got {classes}")
+        keep = np.isin(y, classes)
+        X, y = X[keep], np.array([classes.index(v) for v in y[keep]])
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_fraction, random_state=seed,
+                                          stratify=y)
+    if standardize:
+        mu, sd = Xtr.mean(0), Xtr.std(0)
+        sd[sd == 0] = 1.0
+        Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+    t = lambda a, dt: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
+    split = Split(t(Xtr, torch.float32), t(ytr, torch.int64), t(Xte, torch.float32),
+                  t(yte, torch.int64), len(np.unique(y)))
+    return _limit(split, n_train, n_test, seed)
+
+
+TORCHVISION_DATASETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+def torchvision_dataset(name: str, root: str | Path, download: bool = False,
+                        n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+                        flatten: bool = False) -> Split:
+    """MNIST, FashionMNIST or CIFAR-10 through torchvision, as tensors scaled to [0, 1].
+
+    The files must already lie under ``root`` in torchvision's layout, unless
+    ``download=True`` and a network is available (the book itself never downloads).
+
+    Args:
+        name: ``"mnist"``, ``"fashionmnist"`` or ``"cifar10"`` (case and dashes ignored).
+        root: the folder holding the dataset.
+        download: let torchvision fetch missing files.
+        n_train, n_test: optional deterministic subsets.
+        seed: the subsets' seed.
+        flatten: return ``(N, features)`` instead of ``(N, C, H, W)``.
+
+    Raises:
+        ValueError: an unknown name.
+        FileNotFoundError: the files are missing and ``download`` is ``False``.
+    """
+    import torchvision
+
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in TORCHVISION_DATASETS:
+        raise ValueError(f"name: expected one of {sorted(TORCHVISION_DATASETS)}, got {name!r}")
+    cls = getattr(torchvision.datasets, TORCHVISION_DATASETS[key])
+    parts = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(root), train=train, download=download)
+        except RuntimeError as err:  # torchvision's "Dataset not found" error
+            raise FileNotFoundError(
+                f"root: no {TORCHVISION_DATASETS[key]} files under {root!s} ({err}); pass "
+                "download=True where a network is available") from err
+        data = ds.data
+        X = torch.as_tensor(np.asarray(data)).float() / 255.0
+        X = X.permute(0, 3, 1, 2) if X.ndim == 4 else X.unsqueeze(1)  # to (N, C, H, W)
+        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+        parts.append((X.reshape(len(X), -1) if flatten else X.contiguous(), y))
+    split = Split(*parts[0], *parts[1], 10)
+    return _limit(split, n_train, n_test, seed)
+
+
+def from_spec(spec: dict) -> Split:
+    """Build a dataset from a JSON-able description such as ``{"name": "mnist1d", "seed": 42}``.
+
+    This is how :mod:`flatlib.training` keys its cache: the description, not the tensors,
+    enters the hash.
+    """
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    makers = {"mnist1d": mnist1d, "digits": digits, "torchvision": torchvision_dataset}
+    if name not in makers:
+        raise ValueError(f"spec: 'name' must be one of {sorted(makers)}, got {name!r}")
+    return makers[name](**spec)

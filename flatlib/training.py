@@ -1,0 +1,384 @@
+"""Training loops and a load-or-train cache.
+
+:func:`train` trains a model in place with SGD (momentum optional) or Adam, for a fixed number
+of epochs or until the training accuracy reaches a target, and returns its history.
+
+:func:`load_or_train` does the same from a :class:`TrainConfig` — a JSON-able description of the
+model, the data and every training option — and caches the result on disk under a hash of that
+description, so that re-running a chapter never retrains a model it already trained, and later
+chapters reuse earlier chapters' models. Cache writes are atomic; loads use
+``torch.load(..., weights_only=True)``; a corrupt or truncated file is retrained.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import data as data_module
+from . import models as models_module
+from ._validation import check_labels, check_tensor_pair, evaluation, iter_batches
+
+__all__ = ["TrainConfig", "train", "evaluate", "load_or_train", "cache_dir", "cache_path",
+           "augment_signals", "build_model"]
+
+#: Bump when the meaning of a cached file changes, so that old files are not reused.
+CACHE_VERSION = 1
+
+
+def _progress_enabled(progress: Optional[bool]) -> bool:
+    if progress is not None:
+        return bool(progress)
+    return os.environ.get("FLATLIB_PROGRESS", "1") not in ("0", "false", "no", "")
+
+
+def evaluate(model: nn.Module, data, loss_fn: Optional[nn.Module] = None,
+             batch_size: int = 4096, eval_mode: Optional[bool] = None) -> Tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``data``, in eval mode, without gradients.
+
+    Args:
+        model: a classifier returning logits.
+        data: an ``(X, y)`` pair or an iterable of pairs.
+        loss_fn: a mean-reduced loss (default cross-entropy).
+        batch_size: evaluation batch size for a tensor pair.
+        eval_mode: see :func:`flatlib._validation.evaluation`.
+
+    Returns:
+        ``(loss, accuracy)``, accuracy in [0, 1].
+    """
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    total, loss_sum, correct = 0, 0.0, 0
+    with evaluation(model, eval_mode), torch.no_grad():
+        for X, y in iter_batches(data, batch_size):
+            out = model(X)
+            check_labels(out, y, loss_fn)
+            n = X.shape[0]
+            loss_sum += float(loss_fn(out, y)) * n
+            if out.ndim == 2 and not y.is_floating_point():
+                correct += int((out.argmax(1) == y).sum())
+            total += n
+    return loss_sum / total, correct / total
+
+
+def augment_signals(X: Tensor, generator: torch.Generator, shift: int = 0, scale: float = 0.0,
+                    noise: float = 0.0) -> Tensor:
+    """Random augmentation for 1-D signals (last axis): circular shift, amplitude, noise.
+
+    Args:
+        X: a batch of signals ``(N, L)`` or ``(N, C, L)``.
+        generator: the random generator (explicit, for reproducibility).
+        shift: largest circular shift, in samples, in either direction.
+        scale: amplitudes are multiplied by ``1 + U(-scale, scale)``.
+        noise: standard deviation of added Gaussian noise.
+    """
+    n = X.shape[0]
+    if shift:
+        offsets = torch.randint(-shift, shift + 1, (n,), generator=generator)
+        L = X.shape[-1]
+        idx = (torch.arange(L).unsqueeze(0) - offsets.unsqueeze(1)) % L
+        idx = idx.view(n, *([1] * (X.ndim - 2)), L).expand_as(X)
+        X = torch.gather(X, -1, idx)
+    if scale:
+        factors = 1 + scale * (2 * torch.rand(n, generator=generator) - 1)
+        X = X * factors.view(n, *([1] * (X.ndim - 1)))
+    if noise:
+        X = X + noise * torch.randn(X.shape, generator=generator)
+    return X
+
+
+def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None,
+          optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
+          batch_size: Optional[int] = 64, epochs: Optional[int] = None,
+          target_train_acc: Optional[float] = None, max_epochs: int = 1000,
+          weight_decay: float = 0.0, seed: int = 0, augment: Optional[dict] = None,
+          milestones: Sequence[int] = (), lr_factor: float = 1.0, batch_factor: int = 1,
+          track_sharpness_every: Optional[int] = None, progress: Optional[bool] = None,
+          callback: Optional[Callable[[int, nn.Module, dict], None]] = None) -> dict:
+    """Train ``model`` in place and return its history.
+
+    Training stops after ``epochs`` epochs, or — when ``target_train_acc`` is given — at the end
+    of the first epoch whose full training-set accuracy (eval mode) reaches the target, or at
+    ``max_epochs``.
+
+    Args:
+        model: the network (trained in place).
+        train_data: the ``(X, y)`` training pair.
+        test_data: an optional ``(X, y)`` pair evaluated after every epoch.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        lr: learning rate ε.
+        momentum: SGD momentum (ignored by Adam).
+        batch_size: mini-batch size B; ``None`` or ≥ N gives full-batch gradient descent.
+        epochs: a fixed number of epochs (exclusive with ``target_train_acc``).
+        target_train_acc: stop when the training accuracy reaches this value in [0, 1].
+        max_epochs: the cap when training to a target.
+        weight_decay: L2 penalty coefficient passed to the optimizer.
+        seed: seeds the data order and augmentation.
+        augment: keyword arguments of :func:`augment_signals` (``shift``, ``scale``, ``noise``).
+        milestones: epochs after which the learning rate is multiplied by ``lr_factor`` and the
+            batch size by ``batch_factor`` (Smith et al. 2018's schedules).
+        track_sharpness_every: record λ_max of the full training loss every that many epochs
+            (and at the start and the end) under ``history["lambda_max"]``.
+        progress: show a tqdm bar (default: on, unless ``FLATLIB_PROGRESS=0``).
+        callback: ``callback(epoch, model, history)`` after every epoch.
+
+    Returns:
+        A dict of per-epoch lists (``epoch``, ``steps``, ``lr``, ``batch_size``, ``train_loss``,
+        ``train_acc`` and, with test data, ``test_loss``, ``test_acc``) and totals
+        (``epochs``, ``total_steps``, ``reached_target``, ``seconds``).
+
+    Raises:
+        ValueError: bad options, or a loss that became NaN or infinite (divergence).
+    """
+    X, y = check_tensor_pair(train_data, "train_data")
+    N = X.shape[0]
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {optimizer!r}")
+    if (epochs is None) == (target_train_acc is None):
+        raise ValueError("epochs, target_train_acc: give exactly one of them")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 0):
+        raise ValueError(f"epochs: expected a non-negative integer, got {epochs!r}")
+    if target_train_acc is not None and not 0 < target_train_acc <= 1:
+        raise ValueError(f"target_train_acc: expected a value in (0, 1], got {target_train_acc!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+        raise ValueError(f"batch_size: expected a positive integer or None, got {batch_size!r}")
+    loss_fn = nn.CrossEntropyLoss()
+    with torch.no_grad(), evaluation(model, eval_mode=True):
+        check_labels(model(X[:2]), y, loss_fn, "train_data")
+    B = N if batch_size is None else min(batch_size, N)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(int(seed))
+    limit = epochs if epochs is not None else max_epochs
+    hist: Dict[str, list] = {k: [] for k in ("epoch", "steps", "lr", "batch_size", "train_loss",
+                                             "train_acc", "test_loss", "test_acc")}
+    hist["lambda_max"] = []
+    start, steps, reached = time.perf_counter(), 0, False
+    was_training = model.training
+
+    def record_sharpness(epoch: int) -> None:
+        from .curvature import top_eigenvalues
+        res = top_eigenvalues(model, loss_fn, (X, y), k=1, tol=1e-3, eval_mode=True)
+        hist["lambda_max"].append([epoch, float(res.eigenvalues[0])])
+
+    if track_sharpness_every:
+        record_sharpness(0)
+    bar = _tqdm(total=limit, desc="train", disable=not _progress_enabled(progress))
+    epoch = 0
+    try:
+        while epoch < limit:
+            epoch += 1
+            model.train()
+            perm = torch.randperm(N, generator=gen)
+            running, seen = 0.0, 0
+            for s in range(0, N, B):
+                idx = perm[s:s + B]
+                xb, yb = X[idx], y[idx]
+                if augment:
+                    xb = augment_signals(xb, gen, **augment)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xb), yb)
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise ValueError(f"training diverged: the loss is {value} at epoch {epoch}, "
+                                     f"step {steps + 1} (lr={opt.param_groups[0]['lr']:g}, "
+                                     f"batch_size={B}); lower lr")
+                loss.backward()
+                opt.step()
+                steps += 1
+                running += value * len(idx)
+                seen += len(idx)
+            train_loss, train_acc = evaluate(model, (X, y), loss_fn, eval_mode=True)
+            if not math.isfinite(train_loss):
+                raise ValueError(f"training diverged: the training loss is {train_loss} after "
+                                 f"epoch {epoch}; lower lr")
+            hist["epoch"].append(epoch)
+            hist["steps"].append(steps)
+            hist["lr"].append(opt.param_groups[0]["lr"])
+            hist["batch_size"].append(B)
+            hist["train_loss"].append(train_loss)
+            hist["train_acc"].append(train_acc)
+            if test_data is not None:
+                test_loss, test_acc = evaluate(model, test_data, loss_fn, eval_mode=True)
+                hist["test_loss"].append(test_loss)
+                hist["test_acc"].append(test_acc)
+            if track_sharpness_every and epoch % track_sharpness_every == 0:
+                record_sharpness(epoch)
+            if callback is not None:
+                callback(epoch, model, hist)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.3g}", acc=f"{train_acc:.3f}")
+            if target_train_acc is not None and train_acc >= target_train_acc:
+                reached = True
+                break
+            if epoch in milestones:
+                for g in opt.param_groups:
+                    g["lr"] *= lr_factor
+                B = min(N, B * int(batch_factor))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if track_sharpness_every and (not hist["lambda_max"] or hist["lambda_max"][-1][0] != epoch):
+        record_sharpness(epoch)
+    if test_data is None:
+        del hist["test_loss"], hist["test_acc"]
+    hist.update(epochs=epoch, total_steps=steps, reached_target=reached,
+                seconds=time.perf_counter() - start)
+    return hist
+
+
+def _tqdm(**kwargs):
+    from tqdm import tqdm  # plain tqdm on stderr: the book removes stderr, Jupyter shows it
+    return tqdm(file=sys.stderr, leave=False, dynamic_ncols=True, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model; its hash keys the cache.
+
+    Attributes:
+        model: a model description for :func:`flatlib.models.from_spec`.
+        data: a dataset description for :func:`flatlib.data.from_spec`.
+        init_seed: seed of the weight initialization.
+        init: warm start from the final weights of another configuration.
+        The remaining fields are the keyword arguments of :func:`train`.
+    """
+
+    model: dict
+    data: dict
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    batch_size: Optional[int] = 64
+    epochs: Optional[int] = None
+    target_train_acc: Optional[float] = None
+    max_epochs: int = 1000
+    weight_decay: float = 0.0
+    seed: int = 0
+    init_seed: Optional[int] = None
+    augment: Optional[dict] = None
+    milestones: Tuple[int, ...] = ()
+    lr_factor: float = 1.0
+    batch_factor: int = 1
+    track_sharpness_every: Optional[int] = None
+    init: Optional["TrainConfig"] = None
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(_jsonable(dataclasses.asdict(self)), sort_keys=True)
+
+    def key(self) -> str:
+        """The cache key: a hash of the full configuration."""
+        blob = json.dumps({"flatlib_cache": CACHE_VERSION, "config": json.loads(self.to_json())},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$FLATLIB_CACHE`` if set, else ``~/.cache/flatlib``."""
+    env = os.environ.get("FLATLIB_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "flatlib"
+
+
+def cache_path(config: TrainConfig, directory: Optional[Path] = None) -> Path:
+    return Path(directory or cache_dir()) / f"{config.key()}.pt"
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The initialized (untrained) model of ``config``, seeded by ``init_seed`` (else ``seed``)."""
+    seed = config.seed if config.init_seed is None else config.init_seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return models_module.from_spec(config.model)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _safe_load(path: Path, config: TrainConfig):
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["config"] != config.to_json():
+            raise ValueError("the stored configuration differs")
+        return blob
+    except Exception as err:  # truncated, corrupt or foreign file: retrain
+        warnings.warn(f"cache file {path.name} could not be used ({type(err).__name__}: {err}); "
+                      "retraining", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
+                  progress: Optional[bool] = None, retrain: bool = False
+                  ) -> Tuple[nn.Module, dict]:
+    """Return the trained model of ``config`` and its history, training only if not cached.
+
+    Args:
+        config: the full description of the run.
+        directory: the cache folder (default :func:`cache_dir`).
+        progress: show progress bars.
+        retrain: ignore an existing cache file.
+
+    Returns:
+        ``(model, history)``; the model is in eval mode.
+    """
+    path = cache_path(config, directory)
+    model = build_model(config)
+    blob = None if retrain else _safe_load(path, config)
+    if blob is None:
+        if config.init is not None:
+            start, _ = load_or_train(config.init, directory, progress)
+            model.load_state_dict(start.state_dict())
+        split = data_module.from_spec(config.data)
+        options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                   if f.name not in ("model", "data", "init", "init_seed")}
+        options["milestones"] = tuple(options["milestones"])
+        history = train(model, split.train, test_data=split.test, progress=progress, **options)
+        blob = {"config": config.to_json(), "state_dict": model.state_dict(), "history": history}
+        _atomic_save(blob, path)
+    else:
+        model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, copy.deepcopy(blob["history"])
