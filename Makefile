@@ -29,7 +29,7 @@ export MPLBACKEND := module://matplotlib_inline.backend_inline
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help env book test unit nbval notebooks html lab expected clean clean-cache
+.PHONY: help env book test unit nbval notebooks html preview lab expected clean clean-cache
 
 help:
 	@echo "make book        set up .venv, execute every chapter (full mode), render _build/html"
@@ -85,6 +85,20 @@ nbval: $(STAMP)
 
 test: unit nbval
 	$(MAKE) --no-print-directory html QUICK=1
+
+# Preview one chapter as a small book (for writing a chapter without executing the others).
+preview: | $(STAMP)
+	@test -n "$(CHAPTER)" || (echo "usage: make preview CHAPTER=chapters/NAME.ipynb [QUICK=1]" && exit 2)
+	$(MAKE) --no-print-directory $(patsubst chapters/%,$(EXEC_DIR)/%,$(CHAPTER)) QUICK=$(QUICK)
+	@rm -rf _build/preview && mkdir -p _build/preview/chapters
+	@cp _config.yml references.bib bibliography.md _build/preview/
+	@cp $(patsubst chapters/%,$(EXEC_DIR)/%,$(CHAPTER)) _build/preview/chapters/
+	@printf '# Preview\n\nOne chapter of the book.\n' > _build/preview/index.md
+	@printf 'format: jb-book\nroot: index\nchapters:\n  - file: chapters/%s\n  - file: bibliography\n' \
+	  $(basename $(notdir $(CHAPTER))) > _build/preview/_toc.yml
+	$(BIN)/jupyter-book config sphinx _build/preview > /dev/null
+	$(BIN)/sphinx-build -W --keep-going -q -b html _build/preview _build/preview-html
+	@echo "preview: $(CURDIR)/_build/preview-html/index.html"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=chapters $(if $(filter 0,$(shell id -u)),--allow-root,)
