@@ -103,8 +103,8 @@ def check_finite(value: float, what: str = "loss") -> float:
 
 def mode_dependent_modules(model: nn.Module) -> List[str]:
     """Names of BatchNorm/Dropout modules that are in train mode."""
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if isinstance(m, MODE_DEPENDENT) and m.training]
+    return [f"{name} ({type(m).__name__})" if name else type(m).__name__
+            for name, m in model.named_modules() if isinstance(m, MODE_DEPENDENT) and m.training]
 
 
 @contextlib.contextmanager

@@ -196,7 +196,7 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
                     xb = augment_signals(xb, gen, **augment)
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb), yb)
-                value = float(loss)
+                value = float(loss.detach())
                 if not math.isfinite(value):
                     raise ValueError(f"training diverged: the loss is {value} at epoch {epoch}, "
                                      f"step {steps + 1} (lr={opt.param_groups[0]['lr']:g}, "
