@@ -116,7 +116,7 @@ class HessianOperator(PyTorchLinearOperator):
         loss = self.loss_fn(out, y)
         self._last_loss = loss.detach()
         if not torch.isfinite(loss):
-            check_finite(float(loss))
+            check_finite(float(loss.detach()))
         grads = torch.autograd.grad(loss * w, self.params, create_graph=True)
         return torch.cat([g.reshape(-1) for g in grads])
 
