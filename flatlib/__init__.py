@@ -10,7 +10,7 @@ import random
 
 __version__ = "0.1.0"
 
-from . import curvature, data, landscape, models, sharpness, training  # noqa: E402
+from . import curvature, data, landscape, models, plotting, sharpness, training  # noqa: E402
 from .curvature import (HessianOperator, dense_hessian, hessian_frobenius,  # noqa: E402
                         hessian_trace, spectral_density, top_eigenvalues)
 from .landscape import interpolate  # noqa: E402
@@ -30,5 +30,5 @@ def seed_everything(seed: int) -> None:
 
 __all__ = ["HessianOperator", "TrainConfig", "curvature", "data", "dense_hessian", "evaluate",
            "hessian_frobenius", "hessian_trace", "interpolate", "keskar_sharpness", "landscape",
-           "load_or_train", "models", "seed_everything", "sharpness", "spectral_density",
+           "load_or_train", "models", "plotting", "seed_everything", "sharpness", "spectral_density",
            "top_eigenvalues", "train", "training"]

@@ -1,0 +1,40 @@
+import nbformat
+
+from tools.expected_outputs import MARK, strip_outputs
+
+
+def _notebook():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"),
+                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(f"# {MARK}\nprint('VERDICT: ok')")]
+    return nb
+
+
+def test_strip_keeps_only_marked_outputs():
+    nb = _notebook()
+    executed = _notebook()
+    for cell, src in zip(executed.cells, nb.cells):
+        cell["id"] = src["id"]
+    executed.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="noise\n")]
+    executed.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="VERDICT: ok\n"),
+                                 nbformat.v4.new_output("stream", name="stderr", text="warning\n")]
+    out = strip_outputs(nb, executed)
+    assert out.cells[1].outputs == []
+    assert [o["text"] for o in out.cells[2].outputs] == ["VERDICT: ok\n"]
+    nbformat.validate(out)
+
+
+def test_committed_chapters_store_only_verdicts():
+    import pathlib
+
+    for path in sorted(pathlib.Path(__file__).parent.parent.glob("chapters/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        marked = [c for c in nb.cells if c.cell_type == "code" and MARK in c.source]
+        assert marked, f"{path.name}: no claim cell marked {MARK}"
+        for cell in nb.cells:
+            if cell.cell_type == "code" and MARK not in cell.source:
+                assert not cell.outputs, f"{path.name}: unmarked cell with stored output"
+        assert any(c.outputs for c in marked), f"{path.name}: claim cell has no stored output"
+        tags = nb.cells[[c.cell_type for c in nb.cells].index("code")].metadata.get("tags", [])
+        assert "parameters" in tags, f"{path.name}: first code cell is not tagged 'parameters'"
