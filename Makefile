@@ -54,9 +54,9 @@ $(EXEC_DIR)/%.ipynb: chapters/%.ipynb $(LIBRARY) | $(STAMP)
 	@echo "executing $< ($(MODE) mode)"
 	@start=$$(date +%s); \
 	FLATLIB_QUICK=$(if $(filter quick,$(MODE)),1,0) FLATLIB_PROGRESS=0 \
-	  $(BIN)/papermill --cwd chapters --kernel python3 --no-progress-bar --log-level WARNING \
-	  -p QUICK $(QUICK_PY) $< $@.tmp; \
-	mv $@.tmp $@; echo "  done in $$(( $$(date +%s) - start )) s"
+	  $(BIN)/papermill --cwd chapters --kernel python3 --no-progress-bar --log-level ERROR \
+	  -p QUICK $(QUICK_PY) $< $(@:.ipynb=.part.ipynb); \
+	mv $(@:.ipynb=.part.ipynb) $@; echo "  done in $$(( $$(date +%s) - start )) s"
 
 notebooks: $(EXECUTED)
 
