@@ -28,6 +28,10 @@ export FLATLIB_CACHE ?= $(CURDIR)/_cache/models
 export MPLBACKEND := module://matplotlib_inline.backend_inline
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# One BLAS/OpenMP thread per process: the book's models are small, extra threads only contend, and a
+# fixed thread count keeps trained models (and so the shared cache) bit-identical from run to run.
+export OMP_NUM_THREADS := 1
+export MKL_NUM_THREADS := 1
 
 .PHONY: help env book test unit nbval notebooks html preview lab expected clean clean-cache
 
