@@ -51,8 +51,8 @@ def iter_batches(data, batch_size: int | None = None, name: str = "data") -> Ite
         for start in range(0, X.shape[0], size):
             yield X[start:start + size], y[start:start + size]
         return
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        check_tensor_pair(data, name)  # raises a clear error
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
+        check_tensor_pair(data, name)  # neither a pair of tensors nor a list of batches: explain
     if not isinstance(data, Iterable):
         raise TypeError(f"{name}: expected an (X, y) pair of tensors or a DataLoader, "
                         f"got {type(data).__name__}")

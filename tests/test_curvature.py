@@ -166,3 +166,16 @@ def test_dense_hessian_size_guard():
         curvature.dense_hessian(mlp(40, (100,), 10), torch.nn.CrossEntropyLoss(),
                                 (torch.randn(3, 40), torch.zeros(3, dtype=torch.long)),
                                 max_parameters=1000)
+
+
+def test_list_of_two_batches_is_not_a_pair(tiny):
+    model, loss, (X, y) = tiny
+    batches = [(X[:25], y[:25]), (X[25:], y[25:])]
+    torch.testing.assert_close(curvature.dense_hessian(model, loss, batches),
+                               oracle_hessian(model, loss, (X, y)), rtol=1e-10, atol=1e-12)
+
+
+def test_float32_data_with_float64_model(tiny):
+    model, loss, data = tiny
+    H = curvature.dense_hessian(model.double(), loss, data)
+    torch.testing.assert_close(H, oracle_hessian(model, loss, data), rtol=1e-10, atol=1e-12)

@@ -1,0 +1,119 @@
+"""Tests of flatlib.noise: the SGD noise scale and the peak and slope estimators."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from flatlib import noise
+
+
+def test_noise_scale_formulas():
+    assert noise.noise_scale(0.1, 1000, 10) == pytest.approx(0.1 * (1000 / 10 - 1))
+    assert noise.noise_scale(0.1, 1000, 10, approximate=True) == pytest.approx(10.0)
+    # momentum m multiplies the effective learning rate by 1/(1 − m)
+    assert noise.noise_scale(0.1, 1000, 10, momentum=0.9) == pytest.approx(10 * 9.9)
+    assert noise.noise_scale(0.1, 1000, 1000) == 0.0
+    assert isinstance(noise.noise_scale(0.1, 1000, 10), float)
+
+
+def test_noise_scale_symmetries():
+    """g depends on ε and B only through ε/B (for B ≪ N, exactly in the approximate form), and
+    multiplying ε by k is the same as dividing B by k."""
+    g = noise.noise_scale(0.05, 4000, 32, approximate=True)
+    assert noise.noise_scale(0.2, 4000, 128, approximate=True) == pytest.approx(g)
+    assert noise.noise_scale(0.05, 8000, 64, approximate=True) == pytest.approx(g)
+    # the exact form: ε(N/B − 1) = εN/B − ε
+    assert noise.noise_scale(0.05, 4000, 32) == pytest.approx(g - 0.05)
+
+
+def test_noise_scale_broadcasts_over_arrays():
+    B = np.array([8, 16, 32])
+    g = noise.noise_scale(0.1, 1024, B, approximate=True)
+    assert isinstance(g, np.ndarray) and np.allclose(g, 0.1 * 1024 / B)
+    lrs = np.array([0.1, 0.2])[:, None]
+    assert noise.noise_scale(lrs, 1024, B).shape == (2, 3)
+
+
+def test_batch_size_for_noise_inverts_noise_scale():
+    for approx in (False, True):
+        for m in (0.0, 0.9):
+            g = noise.noise_scale(0.1, 5000, 50, momentum=m, approximate=approx)
+            assert noise.batch_size_for_noise(g, 0.1, 5000, momentum=m,
+                                              approximate=approx) == pytest.approx(50)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lr=0.0, n_train=100, batch_size=10), "lr"),
+    (dict(lr=-1.0, n_train=100, batch_size=10), "lr"),
+    (dict(lr=float("nan"), n_train=100, batch_size=10), "lr"),
+    (dict(lr=0.1, n_train=0, batch_size=10), "n_train"),
+    (dict(lr=0.1, n_train=100, batch_size=0), "batch_size"),
+    (dict(lr=0.1, n_train=100, batch_size=101), "at most n_train"),
+    (dict(lr=0.1, n_train=100, batch_size=10, momentum=1.0), "momentum"),
+    (dict(lr=0.1, n_train=100, batch_size=10, momentum=-0.1), "momentum"),
+])
+def test_noise_scale_refusals(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        noise.noise_scale(**kwargs)
+
+
+def test_noise_scale_type_errors():
+    with pytest.raises(TypeError, match="lr"):
+        noise.noise_scale(True, 100, 10)
+    with pytest.raises(TypeError, match="batch_size"):
+        noise.noise_scale(0.1, 100, "ten")
+    with pytest.raises(ValueError, match="g"):
+        noise.batch_size_for_noise(0.0, 0.1, 100)
+
+
+def test_peak_location():
+    x = [4, 8, 16, 32, 64, 128]
+    # a parabola in ln x with its vertex at ln 24
+    y = [-(math.log(v) - math.log(24)) ** 2 for v in x]
+    assert noise.peak_location(x, y) == pytest.approx(24.0, rel=1e-9)
+    # linear x: a parabola with vertex at 2.5
+    assert noise.peak_location([1, 2, 3, 4], [-(v - 2.5) ** 2 for v in [1, 2, 3, 4]],
+                               log=False) == pytest.approx(2.5)
+    # the maximum at an end of the grid is returned as is
+    assert noise.peak_location(x, list(range(6))) == 128.0
+    assert noise.peak_location(x, list(range(6))[::-1]) == 4.0
+    # a flat top: the vertex stays within the neighbours
+    est = noise.peak_location(x, [0, 1, 1, 1, 0, 0])
+    assert 8 <= est <= 32
+    # a wider window: the least-squares parabola through five points of an exact parabola
+    assert noise.peak_location(x, y, window=5) == pytest.approx(24.0, rel=1e-9)
+    # near the edge the window shifts inside the grid
+    y_edge = [-(math.log(v) - math.log(6)) ** 2 for v in x]
+    assert noise.peak_location(x, y_edge, window=5) == pytest.approx(6.0, rel=1e-9)
+    with pytest.raises(ValueError, match="window"):
+        noise.peak_location(x, y, window=4)
+    with pytest.raises(ValueError, match="increasing"):
+        noise.peak_location([2, 1, 3], [0, 1, 0])
+    with pytest.raises(ValueError, match="positive"):
+        noise.peak_location([0, 1, 2], [0, 1, 0])
+    with pytest.raises(ValueError, match="same length"):
+        noise.peak_location([1, 2, 3], [0, 1])
+    with pytest.raises(ValueError, match="finite"):
+        noise.peak_location([1, 2, 3], [0, float("nan"), 1])
+
+
+def test_loglog_fit_against_numpy_polyfit():
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1, 100, 12)
+    y = 3 * x ** 0.7 * np.exp(0.1 * rng.standard_normal(12))
+    fit = noise.loglog_fit(x, y)
+    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    assert fit.slope == pytest.approx(slope, rel=1e-12)
+    assert fit.intercept == pytest.approx(intercept, rel=1e-12)
+    # the ordinary least-squares standard error sqrt(s² / Sxx), s² = RSS / (n − 2)
+    _, residuals, *_ = np.polyfit(np.log(x), np.log(y), 1, full=True)
+    lx = np.log(x)
+    assert fit.stderr == pytest.approx(math.sqrt(residuals[0] / 10 / np.sum((lx - lx.mean()) ** 2)))
+    assert math.isnan(noise.loglog_fit([1, 2], [1, 2]).stderr)
+    with pytest.raises(ValueError, match="distinct"):
+        noise.loglog_fit([2, 2, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="positive"):
+        noise.loglog_fit([1, 2, 3], [1, -2, 3])
