@@ -32,6 +32,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # fixed thread count keeps trained models (and so the shared cache) bit-identical from run to run.
 export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
+export OPENBLAS_NUM_THREADS := 1
 
 .PHONY: help env book test unit nbval notebooks html preview lab expected clean clean-cache
 

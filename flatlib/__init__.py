@@ -10,7 +10,7 @@ import random
 
 __version__ = "0.1.0"
 
-from . import (bayes, curvature, data, landscape, models, noise, plotting, sharpness,  # noqa: E402
+from . import (batchsize, bayes, curvature, data, landscape, models, noise, plotting, sharpness,  # noqa: E402
                training, transforms)
 from .curvature import (HessianOperator, dense_hessian, hessian_frobenius,  # noqa: E402
                         hessian_trace, spectral_density, top_eigenvalues)
@@ -29,7 +29,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-__all__ = ["HessianOperator", "TrainConfig", "bayes", "curvature", "data", "dense_hessian", "evaluate",
+__all__ = ["HessianOperator", "TrainConfig", "batchsize", "bayes", "curvature", "data", "dense_hessian", "evaluate",
            "hessian_frobenius", "hessian_trace", "interpolate", "keskar_sharpness", "landscape",
            "load_or_train", "models", "noise", "plotting", "seed_everything", "sharpness", "spectral_density",
            "top_eigenvalues", "train", "training", "transforms"]
