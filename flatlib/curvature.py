@@ -48,9 +48,11 @@ def flat_parameters(model: nn.Module) -> Tensor:
 
 def _prepare(model: nn.Module, data, dtype: Optional[torch.dtype]):
     batches = materialize(data)
-    if dtype is not None and any(p.dtype != dtype for p in model.parameters()):
-        model = copy.deepcopy(model).to(dtype)
-        batches = [(X.to(dtype) if X.is_floating_point() else X, y) for X, y in batches]
+    if dtype is not None:
+        if any(p.dtype != dtype for p in model.parameters()):
+            model = copy.deepcopy(model).to(dtype)
+        batches = [(X.to(dtype) if X.is_floating_point() else X,
+                    y.to(dtype) if y.is_floating_point() else y) for X, y in batches]
     return model, batches
 
 
@@ -193,45 +195,71 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
                     maxiter: Optional[int] = None, ncv: Optional[int] = None, seed: int = 0,
                     which: str = "LA", return_eigenvectors: bool = False,
                     dtype: Optional[torch.dtype] = None, eval_mode: Optional[bool] = None,
-                    operator: Optional[HessianOperator] = None) -> EigenResult:
+                    operator: Optional[HessianOperator] = None,
+                    method: str = "lanczos") -> EigenResult:
     r"""The ``k`` largest (algebraic) eigenvalues of the full-data Hessian.
 
-    Implicitly restarted Lanczos (SciPy's ``eigsh``, ARPACK) on :class:`HessianOperator`.
+    By default flatlib's Lanczos iteration with full reorthogonalization
+    (:func:`flatlib.lanczos.lanczos`), which stops as soon as every wanted eigenvalue meets the
+    relative accuracy ``tol`` (estimated from its Ritz residual), so a loose ``tol`` costs few
+    products: about ten for λ_max to ``1e-3`` on the book's networks. ``method="eigsh"`` uses
+    SciPy's implicitly restarted Lanczos (ARPACK) instead.
 
     Args:
         model, loss_fn, data: the network, a mean-reduced loss and the dataset.
         k: number of eigenvalues.
-        tol: ARPACK's relative accuracy of the Ritz values.
-        maxiter: ARPACK's restart limit.
-        ncv: Lanczos basis size (default ``min(P, max(2k + 1, 20))``).
+        tol: relative accuracy of the eigenvalues (ARPACK's ``tol`` for ``"eigsh"``).
+        maxiter: product budget for ``"lanczos"`` (default ``min(P, max(200, 20k))``);
+            ARPACK's restart limit for ``"eigsh"``.
+        ncv: Lanczos basis size for ``"eigsh"`` (default ``min(P, max(2k + 1, 20))``); unused
+            by ``"lanczos"``, whose basis grows until it converges.
         seed: seeds the start vector.
         which: ``"LA"`` (largest algebraic, default), ``"LM"`` (largest magnitude) or ``"SA"``.
         return_eigenvectors: also return the eigenvectors.
         dtype: compute in this dtype on a copy.
         eval_mode: see :class:`HessianOperator`.
         operator: reuse an existing operator (its model, loss and data are used).
+        method: ``"lanczos"`` (default) or ``"eigsh"``.
 
     Returns:
         An :class:`EigenResult`.
 
     Raises:
-        ValueError: ``k`` not in ``[1, P)``, and every error of :class:`HessianOperator`.
+        ValueError: ``k`` not in ``[1, P)``, an unknown ``method`` or ``which``, and every error
+            of :class:`HessianOperator`.
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
+    if method not in ("lanczos", "eigsh"):
+        raise ValueError(f"method: expected 'lanczos' or 'eigsh', got {method!r}")
+    if which not in ("LA", "LM", "SA"):
+        raise ValueError(f"which: expected 'LA', 'LM' or 'SA', got {which!r}")
     H = operator or HessianOperator(model, loss_fn, data, dtype=dtype, eval_mode=eval_mode)
     P = H.shape[0]
     if not isinstance(k, int) or not 1 <= k < P:
         raise ValueError(f"k: expected an integer in [1, {P - 1}], got {k!r}")
     start = H.products
-    A = H.to_scipy(dtype=np.float64)
-    converged = True
-    try:
-        vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv,
-                           v0=_start_vector(P, seed))
-    except ArpackNoConvergence as err:
-        converged = False
-        vals, vecs = err.eigenvalues, err.eigenvectors
+    if method == "lanczos":
+        from .lanczos import lanczos
+
+        budget = min(P, max(200, 20 * k)) if maxiter is None else maxiter
+
+        def matvec(v: Tensor) -> Tensor:
+            return H._matmat([v.to(device=H.device, dtype=H.dtype).unsqueeze(1)])[0][:, 0]
+
+        res = lanczos(matvec, P, k=k, tol=tol, which=which, max_products=budget,
+                      v0=torch.from_numpy(_start_vector(P, seed)),
+                      return_eigenvectors=return_eigenvectors)
+        vals, vecs, converged = res.eigenvalues, res.eigenvectors, res.converged
+    else:
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        A = H.to_scipy(dtype=np.float64)
+        converged = True
+        try:
+            vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv,
+                               v0=_start_vector(P, seed))
+        except ArpackNoConvergence as err:
+            converged = False
+            vals, vecs = err.eigenvalues, err.eigenvectors
     order = np.argsort(vals)[::-1]
     return EigenResult(np.asarray(vals)[order],
                        np.asarray(vecs)[:, order] if return_eigenvectors else None,
@@ -239,33 +267,56 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
 
 
 def hessian_trace(model: nn.Module, loss_fn, data, num_matvecs: int = 30,
-                  method: str = "xtrace", seed: int = 0, dtype: Optional[torch.dtype] = None,
+                  method: str = "krylov", seed: int = 0, dtype: Optional[torch.dtype] = None,
                   eval_mode: Optional[bool] = None,
                   operator: Optional[HessianOperator] = None) -> float:
     r"""A randomized estimate of :math:`\operatorname{Tr}\nabla^2 L`.
 
-    Uses curvlinops' estimators: ``"xtrace"`` (Epperly, Tropp & Webber 2024, default),
-    ``"hutch++"`` (Meyer et al. 2021) or plain ``"hutchinson"``. When ``num_matvecs`` reaches
-    the dimension the trace is computed exactly from ``P`` products instead.
+    ``"krylov"`` (default) is flatlib's :func:`flatlib.lanczos.krylov_trace`: 30 % of the
+    products build a Lanczos basis whose part of the trace is exact, the rest sample the
+    remainder with projected Rademacher probes; where the outlying eigenvalues hold most of the
+    Frobenius norm its error is several times smaller than plain Hutchinson's at the same
+    budget, elsewhere about the same. curvlinops' estimators are also available: ``"xtrace"`` (Epperly, Tropp & Webber
+    2024), ``"hutch++"`` (Meyer et al. 2021) or plain ``"hutchinson"``. When ``num_matvecs``
+    reaches the dimension the trace is computed exactly from ``P`` products instead.
+    ``"exact"`` uses no products: for the cross-entropy loss of a piecewise-linear (ReLU)
+    network the Hessian's diagonal equals the Gauss–Newton diagonal, so the trace follows
+    exactly from per-sample Jacobians (:func:`flatlib.lanczos.piecewise_linear_trace`; other
+    models are refused).
 
     Args:
         num_matvecs: Hessian-vector products to spend (even for XTrace, a multiple of 3 for
-            Hutch++; rounded down to the nearest valid number).
-        method: ``"xtrace"``, ``"hutch++"`` or ``"hutchinson"``.
+            Hutch++; rounded down to the nearest valid number; at least 2 for ``"krylov"``;
+            unused by ``"exact"``).
+        method: ``"krylov"``, ``"xtrace"``, ``"hutch++"``, ``"hutchinson"`` or ``"exact"``.
         seed: seeds the random probes.
     """
     from curvlinops import hutchinson_trace, hutchpp_trace, xtrace
 
-    methods = {"xtrace": (xtrace, 2), "hutch++": (hutchpp_trace, 3), "hutchinson": (hutchinson_trace, 1)}
+    methods = {"xtrace": (xtrace, 2), "hutch++": (hutchpp_trace, 3),
+               "hutchinson": (hutchinson_trace, 1), "krylov": (None, 2), "exact": (None, 1)}
     if method not in methods:
         raise ValueError(f"method: expected one of {sorted(methods)}, got {method!r}")
     check_positive(num_matvecs, "num_matvecs", integer=True)
+    if method == "exact":
+        from .lanczos import piecewise_linear_trace
+
+        if operator is not None:
+            model, loss_fn, data = operator._source, operator.loss_fn, operator.batches
+        return piecewise_linear_trace(model, loss_fn, data, dtype=dtype)
     H = operator or HessianOperator(model, loss_fn, data, dtype=dtype, eval_mode=eval_mode)
     P = H.shape[0]
     if num_matvecs >= P:
         return float(torch.trace(_dense_from_operator(H)))
     fn, multiple = methods[method]
     m = max(multiple, num_matvecs - num_matvecs % multiple)
+    if method == "krylov":
+        from .lanczos import krylov_trace
+
+        def matvec(v: Tensor) -> Tensor:
+            return H._matmat([v.to(device=H.device, dtype=H.dtype).unsqueeze(1)])[0][:, 0]
+
+        return krylov_trace(matvec, P, max(2, num_matvecs), seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return float(fn(H, m))
