@@ -1,9 +1,10 @@
 r"""Krylov methods for symmetric operators given only by their products (eigenvalues and trace),
 and the exact Hessian trace of a piecewise-linear network.
 
-The Krylov functions take ``matvec``, a function returning :math:`Hv` for a vector :math:`v`, and count
-the products they spend, because for a network's Hessian one product costs about as much as a
-forward and a backward pass over the whole training set and everything else is negligible.
+The Krylov functions take ``matvec``, a function returning :math:`Hv` for a vector :math:`v`,
+and count the products they spend, because for a network's Hessian one product costs about as
+much as a forward and a backward pass over the whole training set and everything else is
+negligible.
 
 * :func:`lanczos` finds the extreme eigenvalues by the Lanczos iteration with full
   reorthogonalization (Golub & Van Loan 2013, §10.1; Parlett 1998, ch. 13) and stops as soon as
@@ -133,9 +134,9 @@ def lanczos(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3, which: str 
     ones meets :math:`\sqrt{\mathrm{tol}}` (a guard: the gap estimate in :math:`e_i` is only
     trustworthy once the neighbouring eigenvalue is roughly resolved), so it spends only as many
     products as the requested accuracy needs. Like every Krylov method it can miss one member
-    of a tight cluster of wanted eigenvalues until the iteration has resolved it. Every new vector is orthogonalized twice against the whole basis,
-    which keeps the basis orthogonal to rounding and prevents spurious copies of converged
-    eigenvalues.
+    of a tight cluster of wanted eigenvalues until the iteration has resolved it. Every new
+    vector is orthogonalized twice against the whole basis, which keeps the basis orthogonal to
+    rounding and prevents spurious copies of converged eigenvalues.
 
     Args:
         matvec: ``v ↦ H v`` for a vector of length ``dim``; it is called with a float64 vector and

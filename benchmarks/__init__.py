@@ -1,0 +1,1 @@
+"""Benchmarks of flatlib against other libraries (``python -m benchmarks.curvature``)."""
