@@ -176,20 +176,7 @@ def lanczos(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3, which: str 
         raise ValueError(f"max_products: expected an integer ≥ k={k}, got {max_products!r}")
     max_products = min(max_products, dim)
     gen = torch.Generator().manual_seed(int(seed))
-    if v0 is None:
-        q = torch.randn(dim, generator=gen, dtype=torch.float64)
-    else:
-        if not isinstance(v0, Tensor) or v0.shape != (dim,):
-            raise ValueError(f"v0: expected a tensor of shape ({dim},), got "
-                             f"{tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__}")
-        q = v0.detach().to(torch.float64).clone()
-        device = device if device is not None else v0.device
-    device = torch.device("cpu") if device is None else torch.device(device)
-    q = q.to(device)
-    nrm = float(torch.linalg.vector_norm(q))
-    if not math.isfinite(nrm) or nrm == 0:
-        raise ValueError("v0: expected a finite, non-zero start vector")
-    q = q / nrm
+    q, device = _unit_start_vector(dim, v0, gen, device)
 
     Q = torch.zeros(dim, max_products, dtype=torch.float64, device=device)
     alphas, betas = [], []
@@ -313,20 +300,28 @@ def krylov_trace(matvec: MatVec, dim: int, num_matvecs: int, krylov_fraction: fl
     return total + acc / m2
 
 
-def _krylov_basis(matvec: MatVec, dim: int, m: int, v0, seed: int, device):
-    """``m`` Lanczos steps: the orthonormal basis and :math:`\\sum_j \\alpha_j`."""
-    gen = torch.Generator().manual_seed(int(seed))
+def _unit_start_vector(dim: int, v0, gen: torch.Generator, device):
+    """The normalized float64 start vector (``v0``, or a Gaussian from ``gen``) and its device."""
     if v0 is None:
         q = torch.randn(dim, generator=gen, dtype=torch.float64)
     else:
         if not isinstance(v0, Tensor) or v0.shape != (dim,):
-            raise ValueError(f"v0: expected a tensor of shape ({dim},)")
+            raise ValueError(f"v0: expected a tensor of shape ({dim},), got "
+                             f"{tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__}")
         q = v0.detach().to(torch.float64).clone()
+        device = device if device is not None else v0.device
+    device = torch.device("cpu") if device is None else torch.device(device)
     q = q.to(device)
     nrm = float(torch.linalg.vector_norm(q))
     if not math.isfinite(nrm) or nrm == 0:
         raise ValueError("v0: expected a finite, non-zero start vector")
-    q = q / nrm
+    return q / nrm, device
+
+
+def _krylov_basis(matvec: MatVec, dim: int, m: int, v0, seed: int, device):
+    """``m`` Lanczos steps: the orthonormal basis and :math:`\\sum_j \\alpha_j`."""
+    gen = torch.Generator().manual_seed(int(seed))
+    q, device = _unit_start_vector(dim, v0, gen, device)
     Q = torch.zeros(dim, m, dtype=torch.float64, device=device)
     total = 0.0
     for j in range(m):
