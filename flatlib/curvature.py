@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from ._validation import (check_finite, check_labels, check_positive, check_redu
                           evaluation, materialize, num_samples, quiet_torch_func,
                           trainable_parameters)
 
-__all__ = ["HessianOperator", "EigenResult", "top_eigenvalues", "hessian_trace",
+__all__ = ["unflatten_parameters", "HessianOperator", "EigenResult", "top_eigenvalues", "hessian_trace",
            "hessian_frobenius", "dense_hessian", "spectral_density", "input_hessian_top_eigenvalues",
            "flat_parameters"]
 
@@ -44,6 +44,28 @@ __all__ = ["HessianOperator", "EigenResult", "top_eigenvalues", "hessian_trace",
 def flat_parameters(model: nn.Module) -> Tensor:
     """All trainable parameters of ``model`` as one detached vector (in ``parameters()`` order)."""
     return torch.cat([p.detach().reshape(-1) for p in trainable_parameters(model)])
+
+
+def unflatten_parameters(model: nn.Module, vector: Tensor) -> Dict[str, Tensor]:
+    """Split a flat vector (ordered as :func:`flat_parameters`) into tensors shaped like the
+    model's trainable parameters, keyed by name, for ``torch.func.functional_call``.
+
+    The pieces are views of ``vector``, so gradients flow back to it.
+
+    >>> net = torch.nn.Linear(2, 3)
+    >>> {k: tuple(v.shape) for k, v in unflatten_parameters(net, torch.arange(9.)).items()}
+    {'weight': (3, 2), 'bias': (3,)}
+    """
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for _, p in named)
+    if vector.ndim != 1 or vector.numel() != total:
+        raise ValueError(f"vector: expected a flat tensor of {total} entries, got shape "
+                         f"{tuple(vector.shape)}")
+    out, offset = {}, 0
+    for k, p in named:
+        out[k] = vector[offset:offset + p.numel()].reshape(p.shape)
+        offset += p.numel()
+    return out
 
 
 def _prepare(model: nn.Module, data, dtype: Optional[torch.dtype]):

@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .noise import loglog_fit
+
 __all__ = ["use_book_style", "loglog_slope", "annotate_slope", "PALETTE"]
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
@@ -25,22 +27,18 @@ def use_book_style() -> None:
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
-    """Least-squares slope of ``log y`` against ``log x``.
+    """Least-squares slope of ``log y`` against ``log x`` (:func:`flatlib.noise.loglog_fit`).
 
     >>> round(loglog_slope([1, 2, 4], [3, 12, 48]), 6)
     2.0
     """
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.size < 2 or np.any(x <= 0) or np.any(y <= 0):
-        raise ValueError("x, y: expected at least two positive points")
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+    return loglog_fit(x, y).slope
 
 
 def annotate_slope(ax, x, y, label: Optional[str] = None, **kwargs) -> float:
     """Draw the fitted power law through ``(x, y)`` on log–log axes and return its slope."""
-    slope = loglog_slope(x, y)
+    fit = loglog_fit(x, y)
     x = np.asarray(x, float)
-    c = np.exp(np.mean(np.log(np.asarray(y, float)) - slope * np.log(x)))
-    ax.plot(x, c * x ** slope, "--", color="grey",
-            label=label or f"slope {slope:.2f}", **kwargs)
-    return slope
+    ax.plot(x, np.exp(fit.intercept) * x ** fit.slope, "--", color="grey",
+            label=label or f"slope {fit.slope:.2f}", **kwargs)
+    return fit.slope

@@ -829,22 +829,19 @@ def _exact_reparametrized_hvp(model, loss_fn, data, reparam, eta, eval_mode):
     """Products with the exact Hessian of η ↦ L(g(η)), from one retained gradient graph."""
     from torch.func import functional_call
 
+    from .curvature import unflatten_parameters
+
     check_reduction(loss_fn)
     batches = materialize(data)
     N = num_samples(batches)
     with evaluation(model, eval_mode):
         pass  # refuses BatchNorm/Dropout in train mode unless eval_mode=True
     net = copy.deepcopy(model).double().eval()
-    named = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
     frozen = {k: p.detach() for k, p in net.named_parameters() if not p.requires_grad}
     buffers = {k: v.detach() for k, v in net.named_buffers()}
     point = eta.clone().requires_grad_(True)
     with quiet_torch_func():
-        theta = reparam.to_weights(point)
-        params, offset = {}, 0
-        for k, p in named:
-            params[k] = theta[offset:offset + p.numel()].reshape(p.shape)
-            offset += p.numel()
+        params = unflatten_parameters(net, reparam.to_weights(point))
         total = 0.0
         for X, y in batches:
             X = X.double() if X.is_floating_point() else X

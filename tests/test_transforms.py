@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from flatlib.curvature import dense_hessian, flat_parameters, input_hessian_top_eigenvalues
+from flatlib.curvature import (dense_hessian, flat_parameters, input_hessian_top_eigenvalues,
+                               unflatten_parameters)
 from flatlib.models import cnn1d, mlp
 from flatlib.transforms import (ExponentialMap, InputAffineMap, RadialMap, WeightNorm,
                                 alpha_factors, alpha_scale, complete_factors, input_transform,
@@ -300,22 +301,22 @@ def test_weight_norm_jacobian_and_invariance(cnn64):
         wn.from_weights(theta, radius=0.0)
 
 
-def test_weight_norm_radius_scales_hessian(net64, data64):
-    """L(g, cv) = L(g, v) ⇒ ∇²_v L(g, cv) = c⁻² ∇²_v L(g, v), exactly (autograd, float64)."""
+def _loss_through(net, reparam, data):
+    """η ↦ L(g(η)): the cross-entropy of ``net`` with its weights given by ``reparam.to_weights``."""
     from torch.func import functional_call
 
+    X, y = data
+    def loss(eta):
+        return CE(functional_call(net, unflatten_parameters(net, reparam.to_weights(eta)), (X,)), y)
+
+    return loss
+
+
+def test_weight_norm_radius_scales_hessian(net64, data64):
+    """L(g, cv) = L(g, v) ⇒ ∇²_v L(g, cv) = c⁻² ∇²_v L(g, v), exactly (autograd, float64)."""
     wn = WeightNorm(net64)
     theta = flat_parameters(net64).double()
-    names = list(dict(net64.named_parameters()))
-    shapes = [p.shape for p in net64.parameters()]
-    X, y = data64
-
-    def loss(eta):
-        t, params, off = wn.to_weights(eta), {}, 0
-        for n, s in zip(names, shapes):
-            params[n] = t[off:off + math.prod(s)].reshape(s)
-            off += math.prod(s)
-        return CE(functional_call(net64, params, (X,)), y)
+    loss = _loss_through(net64, wn, data64)
 
     e1, e2 = wn.from_weights(theta, 1.0), wn.from_weights(theta, 10.0)
     assert math.isclose(float(loss(e1)), float(loss(e2)), rel_tol=1e-12)
@@ -332,8 +333,6 @@ def test_weight_norm_radius_scales_hessian(net64, data64):
 @pytest.mark.parametrize("kind", ["exp", "wn"])
 def test_reparametrized_operator(net64, data64, kind):
     """The operator is JᵀHJ, and the exact Hessian of L∘g adds Σ ∂ᵢL ∇²gᵢ."""
-    from torch.func import functional_call
-
     theta = flat_parameters(net64).double()
     if kind == "exp":
         g, eta = ExponentialMap.from_parameters(theta)
@@ -346,16 +345,7 @@ def test_reparametrized_operator(net64, data64, kind):
     JHJ = J.T @ H @ J
     dense_A = torch.as_tensor(A @ np.eye(A.shape[0]))
     assert torch.allclose(dense_A, JHJ, rtol=1e-9, atol=1e-12)
-    names = list(dict(net64.named_parameters()))
-    shapes = [p.shape for p in net64.parameters()]
-    X, y = data64
-
-    def loss(e):
-        t, params, off = g.to_weights(e), {}, 0
-        for n, s in zip(names, shapes):
-            params[n] = t[off:off + math.prod(s)].reshape(s)
-            off += math.prod(s)
-        return CE(functional_call(net64, params, (X,)), y)
+    loss = _loss_through(net64, g, data64)
 
     exact = torch.autograd.functional.hessian(loss, eta)
     grad = Hop.gradient.double()
