@@ -21,10 +21,10 @@ EXEC_DIR  := _build/executed/$(MODE)
 STAGE_DIR := _build/source-$(MODE)
 CHAPTERS  := $(sort $(wildcard chapters/*.ipynb))
 EXECUTED  := $(patsubst chapters/%,$(EXEC_DIR)/%,$(CHAPTERS))
-LIBRARY   := $(shell find flatlib -name '*.py' 2>/dev/null) $(wildcard benchmarks/results/*.json)
+LIBRARY   := $(shell find flatness -name '*.py' 2>/dev/null) $(wildcard benchmarks/results/*.json)
 PAGES     := _config.yml _toc.yml references.bib $(wildcard *.md) $(wildcard chapters/*.md)
 
-export FLATLIB_CACHE ?= $(CURDIR)/_cache/models
+export FLATNESS_CACHE ?= $(CURDIR)/_cache/models
 export MPLBACKEND := module://matplotlib_inline.backend_inline
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
@@ -49,16 +49,16 @@ $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (flatlib book)" > /dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (flatness book)" > /dev/null
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Execute one chapter with papermill; re-run only when the notebook or flatlib changed.
+# Execute one chapter with papermill; re-run only when the notebook or flatness changed.
 $(EXEC_DIR)/%.ipynb: chapters/%.ipynb $(LIBRARY) | $(STAMP)
 	@mkdir -p $(@D)
 	@echo "executing $< ($(MODE) mode)"
 	@start=$$(date +%s); \
-	FLATLIB_QUICK=$(if $(filter quick,$(MODE)),1,0) FLATLIB_PROGRESS=0 \
+	FLATNESS_QUICK=$(if $(filter quick,$(MODE)),1,0) FLATNESS_PROGRESS=0 \
 	  $(BIN)/papermill --cwd chapters --kernel python3 --no-progress-bar --log-level ERROR \
 	  -p QUICK $(QUICK_PY) $< $(@:.ipynb=.part.ipynb); \
 	mv $(@:.ipynb=.part.ipynb) $@; echo "  done in $$(( $$(date +%s) - start )) s"
@@ -81,11 +81,11 @@ html: $(EXECUTED)
 book: html
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests flatlib tools --doctest-modules -p no:cacheprovider
+	$(BIN)/python -m pytest -q tests flatness tools --doctest-modules -p no:cacheprovider
 
 # nbval re-executes every chapter in quick mode; cells marked NBVAL_CHECK_OUTPUT are compared.
 nbval: $(STAMP)
-	FLATLIB_QUICK=1 FLATLIB_PROGRESS=0 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=900 \
+	FLATNESS_QUICK=1 FLATNESS_PROGRESS=0 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=900 \
 	  -p no:cacheprovider $(CHAPTERS)
 
 test: unit nbval
@@ -111,7 +111,7 @@ lab: $(STAMP)
 # Refresh the outputs nbval compares (claim cells) after a deliberate change of a chapter.
 expected: $(STAMP)
 	@test -n "$(CHAPTER)" || (echo "usage: make expected CHAPTER=chapters/NAME.ipynb" && exit 2)
-	FLATLIB_QUICK=1 FLATLIB_PROGRESS=0 $(BIN)/python tools/expected_outputs.py $(CHAPTER)
+	FLATNESS_QUICK=1 FLATNESS_PROGRESS=0 $(BIN)/python tools/expected_outputs.py $(CHAPTER)
 
 clean:
 	rm -rf _build

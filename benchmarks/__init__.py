@@ -1,1 +1,1 @@
-"""Benchmarks of flatlib against other libraries (``python -m benchmarks.curvature``)."""
+"""Benchmarks of flatness against other libraries (``python -m benchmarks.curvature``)."""

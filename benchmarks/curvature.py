@@ -1,4 +1,4 @@
-r"""How fast is flatlib's curvature engine? A benchmark against PyHessian, hessian-eigenthings
+r"""How fast is flatness's curvature engine? A benchmark against PyHessian, hessian-eigenthings
 and curvlinops on the full MNIST-1D training loss.
 
 Usage::
@@ -6,9 +6,9 @@ Usage::
     python -m benchmarks.curvature [--quick] [--out PATH]
 
 For each model (the MNIST-1D MLP, the 1-D CNN, a wider MLP), trained briefly through
-:func:`flatlib.training.load_or_train`, on the full 4,000-sample training loss:
+:func:`flatness.cache.load_or_train`, on the full 4,000-sample training loss:
 
-* ``lambda_max`` and ``top5``: every method's own setting (flatlib's and SciPy's ``tol``,
+* ``lambda_max`` and ``top5``: every method's own setting (flatness's and SciPy's ``tol``,
   PyHessian's ``tol`` — a change between power iterations —, hessian-eigenthings' ``max_iter``)
   is tightened along a ladder until the result is within 1e-3 relative error of a float64
   reference (``eigsh`` at ``tol=1e-10``) for each of three start seeds; the products and seconds
@@ -55,10 +55,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from flatlib import curvature  # noqa: E402
-from flatlib.data import mnist1d  # noqa: E402
-from flatlib.lanczos import piecewise_linear_trace  # noqa: E402
-from flatlib.training import TrainConfig, load_or_train  # noqa: E402
+from flatness import curvature, operators  # noqa: E402
+from flatness.data import mnist1d  # noqa: E402
+from flatness.exact_trace import piecewise_linear_trace  # noqa: E402
+from flatness.training import TrainConfig, load_or_train  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
 TOL = 1e-3
@@ -163,7 +163,7 @@ def pyhessian_object(ph, model, data):
 # eigenvalue runners: (model, data, k, setting, seed) -> (eigenvalues descending, products)
 # --------------------------------------------------------------------------------------------
 
-def run_flatlib(model, data, k, tol, seed, method="lanczos"):
+def run_flatness(model, data, k, tol, seed, method="lanczos"):
     res = curvature.top_eigenvalues(model, LOSS, data, k=k, tol=tol, seed=seed, method=method)
     return res.eigenvalues, res.products
 
@@ -212,8 +212,8 @@ def eigen_methods(peers: dict, k: int, power_iters: int = 1000
                   ) -> Dict[str, Tuple[Callable, list, str]]:
     """name -> (runner, ladder from loose to tight, name of the setting)."""
     methods = {
-        "flatlib": (run_flatlib, TOL_LADDER, "tol"),
-        "flatlib-eigsh": (lambda *a: run_flatlib(*a, method="eigsh"), EIGSH_LADDER, "tol"),
+        "flatness": (run_flatness, TOL_LADDER, "tol"),
+        "flatness-eigsh": (lambda *a: run_flatness(*a, method="eigsh"), EIGSH_LADDER, "tol"),
     }
     if "pyhessian" in peers:
         methods["pyhessian"] = (
@@ -306,12 +306,12 @@ def bench_eigen(name, model, data, ref_vals, peers, task, k, records, max_produc
 def trace_methods(peers: dict) -> Dict[str, Callable]:
     """name -> f(model, data, budget, seed) -> (estimate, products)."""
 
-    def flatlib_trace(model, data, budget, seed):
-        H = curvature.HessianOperator(model, LOSS, data)
+    def flatness_trace(model, data, budget, seed):
+        H = operators.HessianOperator(model, LOSS, data)
         est = curvature.hessian_trace(model, LOSS, data, num_matvecs=budget, seed=seed, operator=H)
         return est, H.products
 
-    methods = {"flatlib": flatlib_trace}
+    methods = {"flatness": flatness_trace}
     if "pyhessian" in peers:
         ph = peers["pyhessian"]
 
@@ -344,12 +344,12 @@ def trace_methods(peers: dict) -> Dict[str, Callable]:
 
 def bench_trace(name, model, data, exact, peers, records, reps, budgets, skip=()):
     methods = {m: f for m, f in trace_methods(peers).items() if m not in skip}
-    # flatlib's exact trace for piecewise-linear networks spends no products and needs no seed
-    out = timed({"flatlib-exact": lambda: curvature.hessian_trace(model, LOSS, data,
+    # flatness's exact trace for piecewise-linear networks spends no products and needs no seed
+    out = timed({"flatness-exact": lambda: curvature.hessian_trace(model, LOSS, data,
                                                                    method="exact")}, 3)
-    seconds, value = out["flatlib-exact"]
+    seconds, value = out["flatness-exact"]
     for budget in budgets:
-        records.append(record(name, f"trace@{budget}", "flatlib-exact", 0, seconds,
+        records.append(record(name, f"trace@{budget}", "flatness-exact", 0, seconds,
                               abs(value - exact) / abs(exact),
                               "method='exact': Gauss-Newton diagonal, no products"))
     for budget in budgets:
@@ -397,12 +397,12 @@ def timed(fns: Dict[str, Callable], repeats: int, warmup: Optional[Dict[str, Cal
 def bench_dense(name, model, data, ref_vals, peers, records, repeats):
     P = sum(p.numel() for p in model.parameters())
 
-    def flatlib_dense():
-        D = curvature.dense_hessian(model, LOSS, data, dtype=torch.float32)
+    def flatness_dense():
+        D = operators.dense_hessian(model, LOSS, data, dtype=torch.float32)
         return torch.linalg.eigvalsh(D.double())
 
-    fns = {"flatlib": flatlib_dense}
-    warm = {"flatlib": lambda: curvature.HessianOperator(model, LOSS, data)
+    fns = {"flatness": flatness_dense}
+    warm = {"flatness": lambda: operators.HessianOperator(model, LOSS, data)
             @ torch.eye(P)[:, :32]}
     if "curvlinops" in peers:
         cl = peers["curvlinops"]
@@ -423,7 +423,7 @@ def bench_dense(name, model, data, ref_vals, peers, records, repeats):
         records.append(record(name, "dense_spectrum", method, P, seconds,
                               rel_error(top, ref_vals), "float32 products, float64 eigh"))
         log(f"  {name} dense_spectrum {method}: {seconds:.1f} s")
-    return spectra["flatlib"]
+    return spectra["flatness"]
 
 
 def bench_hvp(name, model, data, peers, records, repeats):
@@ -432,10 +432,10 @@ def bench_hvp(name, model, data, peers, records, repeats):
     P = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     v, V8 = torch.randn(P, generator=g), torch.randn(P, 8, generator=g)
-    H = curvature.HessianOperator(model, LOSS, data)
+    H = operators.HessianOperator(model, LOSS, data)
     graph = H._graphs[0]
-    fns = {"flatlib": lambda: H @ v,
-           "flatlib-vmap8": lambda: torch.autograd.grad(graph, H.params, V8.T.contiguous(),
+    fns = {"flatness": lambda: H @ v,
+           "flatness-vmap8": lambda: torch.autograd.grad(graph, H.params, V8.T.contiguous(),
                                                         retain_graph=True, is_grads_batched=True)}
     X, y = data
     names = [k for k, _ in model.named_parameters()]
@@ -477,8 +477,8 @@ def bench_hvp(name, model, data, peers, records, repeats):
     clear_grads(model)
     for method, (seconds, _) in out.items():
         n = 8 if method.endswith("vmap8") else 1
-        setting = {"flatlib": "double backward, retained graph",
-                   "flatlib-vmap8": "double backward, retained graph, is_grads_batched",
+        setting = {"flatness": "double backward, retained graph",
+                   "flatness-vmap8": "double backward, retained graph, is_grads_batched",
                    "pyhessian": "double backward, retained graph",
                    "hessian-eigenthings": "forward + double backward per product",
                    "curvlinops": "forward-over-reverse (torch.func)",
@@ -571,7 +571,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         data = mnist1d(channels=channels).train
         P = sum(p.numel() for p in model.parameters())
         t = time.perf_counter()
-        H64 = curvature.HessianOperator(model, LOSS, data, dtype=torch.float64)
+        H64 = operators.HessianOperator(model, LOSS, data, dtype=torch.float64)
         from scipy.sparse.linalg import eigsh
         ref = np.sort(eigsh(H64.to_scipy(), k=5, which="LA", tol=1e-10, ncv=40,
                             v0=np.random.default_rng(123).standard_normal(P))[0])[::-1]
@@ -612,7 +612,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "(120 on the wide MLP, to bound the run time); its .grad is "
         "cleared before each construction. curvlinops operators are built with "
         "check_deterministic=False. hessian-eigenthings re-runs the forward pass per product.",
-        "trace@B: RMS relative error over the seeds against the exact trace; flatlib's "
+        "trace@B: RMS relative error over the seeds against the exact trace; flatness's "
         "estimator is hessian_trace's default (Krylov deflation + projected Hutchinson), "
         "PyHessian's is plain Hutchinson with its tolerance disabled; curvlinops' XTrace (which "
         "in our tests was as accurate as or better than its Hutch++ at every budget) uses the "

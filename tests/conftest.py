@@ -3,14 +3,14 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("FLATLIB_PROGRESS", "0")
+os.environ.setdefault("FLATNESS_PROGRESS", "0")
 
 
 @pytest.fixture
 def tiny():
     """A tiny ReLU MLP with data: small enough for dense float64 oracles."""
     torch.manual_seed(0)
-    from flatlib.models import mlp
+    from flatness.models import mlp
 
     model = mlp(5, (6,), 3)
     X = torch.randn(40, 5)
@@ -20,5 +20,5 @@ def tiny():
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLATLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLATNESS_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"

@@ -1,10 +1,10 @@
-"""Dense float64 oracles: the Hessian by ``torch.func.hessian``, independent of flatlib's operator."""
+"""Dense float64 oracles: the Hessian by ``torch.func.hessian``, independent of flatness's operator."""
 
 import copy
 
 from torch.func import functional_call, hessian
 
-from flatlib.curvature import flat_parameters, unflatten_parameters
+from flatness.params import flat_parameters, unflatten_parameters
 
 
 def oracle_hessian(model, loss_fn, data):

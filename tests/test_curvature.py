@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
 import torch
+from oracles import oracle_hessian
 from torch.utils.data import DataLoader, TensorDataset
 
-from flatlib import curvature
-from flatlib.models import cnn1d, mlp
-from oracles import oracle_hessian
+from flatness import curvature, operators
+from flatness.models import cnn1d, mlp
 
 
 def test_dense_hessian_matches_oracle(tiny):
     model, loss, data = tiny
-    H = curvature.dense_hessian(model, loss, data)
+    H = operators.dense_hessian(model, loss, data)
     assert H.dtype == torch.float64
     torch.testing.assert_close(H, oracle_hessian(model, loss, data), rtol=1e-10, atol=1e-12)
 
@@ -20,21 +20,21 @@ def test_dense_hessian_cnn_matches_oracle():
     model = cnn1d(channels=(2,), kernel_size=3, length=8, num_classes=3)
     X, y = torch.randn(12, 1, 8), torch.randint(0, 3, (12,))
     loss = torch.nn.CrossEntropyLoss()
-    torch.testing.assert_close(curvature.dense_hessian(model, loss, (X, y)),
+    torch.testing.assert_close(operators.dense_hessian(model, loss, (X, y)),
                                oracle_hessian(model, loss, (X, y)), rtol=1e-10, atol=1e-12)
 
 
 def test_batched_loader_is_weighted_by_batch_size(tiny):
     model, loss, (X, y) = tiny
     loader = DataLoader(TensorDataset(X, y), batch_size=15)  # 15, 15, 10: unequal batches
-    H = curvature.dense_hessian(model, loss, loader)
+    H = operators.dense_hessian(model, loss, loader)
     torch.testing.assert_close(H, oracle_hessian(model, loss, (X, y)), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("retain", [True, False])
 def test_operator_products(tiny, retain):
     model, loss, data = tiny
-    op = curvature.HessianOperator(model, loss, data, dtype=torch.float64, retain=retain)
+    op = operators.HessianOperator(model, loss, data, dtype=torch.float64, retain=retain)
     H = oracle_hessian(model, loss, data)
     V = torch.randn(H.shape[0], 3, dtype=torch.float64)
     torch.testing.assert_close(op @ V, H @ V, rtol=1e-10, atol=1e-12)
@@ -152,7 +152,7 @@ def test_nan_loss_is_refused(tiny):
 def test_sum_reduction_is_refused(tiny):
     model, _, data = tiny
     with pytest.raises(ValueError, match="mean-reduced"):
-        curvature.HessianOperator(model, torch.nn.CrossEntropyLoss(reduction="sum"), data)
+        operators.HessianOperator(model, torch.nn.CrossEntropyLoss(reduction="sum"), data)
 
 
 def test_k_out_of_range(tiny):
@@ -163,7 +163,7 @@ def test_k_out_of_range(tiny):
 
 def test_dense_hessian_size_guard():
     with pytest.raises(ValueError, match="max_parameters"):
-        curvature.dense_hessian(mlp(40, (100,), 10), torch.nn.CrossEntropyLoss(),
+        operators.dense_hessian(mlp(40, (100,), 10), torch.nn.CrossEntropyLoss(),
                                 (torch.randn(3, 40), torch.zeros(3, dtype=torch.long)),
                                 max_parameters=1000)
 
@@ -171,11 +171,11 @@ def test_dense_hessian_size_guard():
 def test_list_of_two_batches_is_not_a_pair(tiny):
     model, loss, (X, y) = tiny
     batches = [(X[:25], y[:25]), (X[25:], y[25:])]
-    torch.testing.assert_close(curvature.dense_hessian(model, loss, batches),
+    torch.testing.assert_close(operators.dense_hessian(model, loss, batches),
                                oracle_hessian(model, loss, (X, y)), rtol=1e-10, atol=1e-12)
 
 
 def test_float32_data_with_float64_model(tiny):
     model, loss, data = tiny
-    H = curvature.dense_hessian(model.double(), loss, data)
+    H = operators.dense_hessian(model.double(), loss, data)
     torch.testing.assert_close(H, oracle_hessian(model, loss, data), rtol=1e-10, atol=1e-12)

@@ -1,4 +1,3 @@
-import gzip
 import pickle
 import struct
 
@@ -6,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from flatlib import data
+from flatness import data
 
 
 def test_mnist1d_is_local_deterministic_and_leaves_global_rng_alone():

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from flatlib import landscape
-from flatlib.models import cnn1d, mlp
-from flatlib.training import evaluate
+from flatness import landscape
+from flatness.models import cnn1d, mlp
+from flatness.training import evaluate
 
 
 def test_interpolation_endpoints_and_model_untouched():

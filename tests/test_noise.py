@@ -1,4 +1,4 @@
-"""Tests of flatlib.noise: the SGD noise scale and the peak and slope estimators."""
+"""Tests of flatness.noise: the SGD noise scale and the peak and slope estimators."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from flatlib import noise
+from flatness import noise, stats
 
 
 def test_noise_scale_formulas():
@@ -73,38 +73,38 @@ def test_peak_location():
     x = [4, 8, 16, 32, 64, 128]
     # a parabola in ln x with its vertex at ln 24
     y = [-(math.log(v) - math.log(24)) ** 2 for v in x]
-    assert noise.peak_location(x, y) == pytest.approx(24.0, rel=1e-9)
+    assert stats.peak_location(x, y) == pytest.approx(24.0, rel=1e-9)
     # linear x: a parabola with vertex at 2.5
-    assert noise.peak_location([1, 2, 3, 4], [-(v - 2.5) ** 2 for v in [1, 2, 3, 4]],
+    assert stats.peak_location([1, 2, 3, 4], [-(v - 2.5) ** 2 for v in [1, 2, 3, 4]],
                                log=False) == pytest.approx(2.5)
     # the maximum at an end of the grid is returned as is
-    assert noise.peak_location(x, list(range(6))) == 128.0
-    assert noise.peak_location(x, list(range(6))[::-1]) == 4.0
+    assert stats.peak_location(x, list(range(6))) == 128.0
+    assert stats.peak_location(x, list(range(6))[::-1]) == 4.0
     # a flat top: the vertex stays within the neighbours
-    est = noise.peak_location(x, [0, 1, 1, 1, 0, 0])
+    est = stats.peak_location(x, [0, 1, 1, 1, 0, 0])
     assert 8 <= est <= 32
     # a wider window: the least-squares parabola through five points of an exact parabola
-    assert noise.peak_location(x, y, window=5) == pytest.approx(24.0, rel=1e-9)
+    assert stats.peak_location(x, y, window=5) == pytest.approx(24.0, rel=1e-9)
     # near the edge the window shifts inside the grid
     y_edge = [-(math.log(v) - math.log(6)) ** 2 for v in x]
-    assert noise.peak_location(x, y_edge, window=5) == pytest.approx(6.0, rel=1e-9)
+    assert stats.peak_location(x, y_edge, window=5) == pytest.approx(6.0, rel=1e-9)
     with pytest.raises(ValueError, match="window"):
-        noise.peak_location(x, y, window=4)
+        stats.peak_location(x, y, window=4)
     with pytest.raises(ValueError, match="increasing"):
-        noise.peak_location([2, 1, 3], [0, 1, 0])
+        stats.peak_location([2, 1, 3], [0, 1, 0])
     with pytest.raises(ValueError, match="positive"):
-        noise.peak_location([0, 1, 2], [0, 1, 0])
+        stats.peak_location([0, 1, 2], [0, 1, 0])
     with pytest.raises(ValueError, match="same length"):
-        noise.peak_location([1, 2, 3], [0, 1])
+        stats.peak_location([1, 2, 3], [0, 1])
     with pytest.raises(ValueError, match="finite"):
-        noise.peak_location([1, 2, 3], [0, float("nan"), 1])
+        stats.peak_location([1, 2, 3], [0, float("nan"), 1])
 
 
 def test_loglog_fit_against_numpy_polyfit():
     rng = np.random.default_rng(0)
     x = np.geomspace(1, 100, 12)
     y = 3 * x ** 0.7 * np.exp(0.1 * rng.standard_normal(12))
-    fit = noise.loglog_fit(x, y)
+    fit = stats.loglog_fit(x, y)
     slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
     assert fit.slope == pytest.approx(slope, rel=1e-12)
     assert fit.intercept == pytest.approx(intercept, rel=1e-12)
@@ -112,8 +112,8 @@ def test_loglog_fit_against_numpy_polyfit():
     _, residuals, *_ = np.polyfit(np.log(x), np.log(y), 1, full=True)
     lx = np.log(x)
     assert fit.stderr == pytest.approx(math.sqrt(residuals[0] / 10 / np.sum((lx - lx.mean()) ** 2)))
-    assert math.isnan(noise.loglog_fit([1, 2], [1, 2]).stderr)
+    assert math.isnan(stats.loglog_fit([1, 2], [1, 2]).stderr)
     with pytest.raises(ValueError, match="distinct"):
-        noise.loglog_fit([2, 2, 2], [1, 2, 3])
+        stats.loglog_fit([2, 2, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="positive"):
-        noise.loglog_fit([1, 2, 3], [1, -2, 3])
+        stats.loglog_fit([1, 2, 3], [1, -2, 3])

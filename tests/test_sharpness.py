@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from flatlib.models import mlp
-from flatlib.sharpness import keskar_sharpness, random_subspace
+from flatness.models import mlp
+from flatness.sharpness import keskar_sharpness, random_subspace
 
 
 class Quadratic(nn.Module):

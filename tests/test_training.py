@@ -1,11 +1,11 @@
-import os
 
 import pytest
 import torch
 
-from flatlib import training
-from flatlib.models import mlp
-from flatlib.training import TrainConfig, load_or_train
+from flatness import training
+from flatness.cache import cache_path, load_or_train
+from flatness.models import mlp
+from flatness.training import TrainConfig
 
 SMALL = TrainConfig(model={"name": "mlp", "input_dim": 40, "widths": [16], "num_classes": 10},
                     data={"name": "mnist1d", "n_train": 300, "n_test": 100},
@@ -14,7 +14,7 @@ SMALL = TrainConfig(model={"name": "mlp", "input_dim": 40, "widths": [16], "num_
 
 def test_cache_round_trip(cache):
     model, hist = load_or_train(SMALL)
-    path = training.cache_path(SMALL)
+    path = cache_path(SMALL)
     assert path.exists() and hist["epochs"] == 3 and len(hist["train_acc"]) == 3
     stamp = path.stat().st_mtime_ns
     again, hist2 = load_or_train(SMALL)
@@ -41,7 +41,7 @@ def test_key_depends_on_every_field():
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_corrupt_cache_is_retrained(cache, damage):
     load_or_train(SMALL)
-    path = training.cache_path(SMALL)
+    path = cache_path(SMALL)
     blob = path.read_bytes()
     path.write_bytes({"truncate": blob[: len(blob) // 2], "garbage": b"not a torch file",
                       "empty": b""}[damage])
@@ -62,7 +62,7 @@ def test_target_accuracy_and_warm_start(cache):
 
 def test_schedule_and_sharpness_tracking(cache):
     cfg = SMALL.replace(epochs=4, milestones=(2,), lr_factor=0.2, batch_factor=2,
-                        track_sharpness_every=2)
+                        track_sharpness_every=2)  # the cache drives curvature.SharpnessTracker
     _, hist = load_or_train(cfg)
     assert hist["batch_size"] == [32, 32, 64, 64]
     assert hist["lr"][2] == pytest.approx(0.01)

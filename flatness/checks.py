@@ -1,6 +1,6 @@
 """Input checks and the model-mode context shared by every measurement.
 
-Every public function of flatlib turns bad input into a ``ValueError`` (or
+Every public function of flatness turns bad input into a ``ValueError`` (or
 ``TypeError``) that names the argument and says what was expected, rather than
 returning a silently wrong number.
 """

@@ -12,29 +12,24 @@ chapters reuse earlier chapters' models. Cache writes are atomic; loads use
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from . import data as data_module
 from . import models as models_module
-from ._validation import check_labels, check_tensor_pair, evaluation, iter_batches
+from .checks import check_labels, check_tensor_pair, evaluation, iter_batches
 
-__all__ = ["TrainConfig", "REFERENCE_MLP", "train", "evaluate", "load_or_train", "cache_dir", "cache_path",
-           "augment_signals", "build_model"]
+__all__ = ["evaluate", "augment_signals", "train", "TrainConfig", "build_model", "REFERENCE_MLP"]
 
 #: Bump when the meaning of a cached file changes, so that old files are not reused.
 CACHE_VERSION = 1
@@ -43,7 +38,7 @@ CACHE_VERSION = 1
 def _progress_enabled(progress: Optional[bool]) -> bool:
     if progress is not None:
         return bool(progress)
-    return os.environ.get("FLATLIB_PROGRESS", "1") not in ("0", "false", "no", "")
+    return os.environ.get("FLATNESS_PROGRESS", "1") not in ("0", "false", "no", "")
 
 
 def evaluate(model: nn.Module, data, loss_fn: Optional[nn.Module] = None,
@@ -55,7 +50,7 @@ def evaluate(model: nn.Module, data, loss_fn: Optional[nn.Module] = None,
         data: an ``(X, y)`` pair or an iterable of pairs.
         loss_fn: a mean-reduced loss (default cross-entropy).
         batch_size: evaluation batch size for a tensor pair.
-        eval_mode: see :func:`flatlib._validation.evaluation`.
+        eval_mode: see :func:`flatness.checks.evaluation`.
 
     Returns:
         ``(loss, accuracy)``, accuracy in [0, 1].
@@ -106,8 +101,7 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
           target_train_acc: Optional[float] = None, max_epochs: int = 1000,
           weight_decay: float = 0.0, seed: int = 0, augment: Optional[dict] = None,
           milestones: Sequence[int] = (), lr_factor: float = 1.0, batch_factor: int = 1,
-          track_sharpness_every: Optional[int] = None, progress: Optional[bool] = None,
-          callback: Optional[Callable[[int, nn.Module, dict], None]] = None) -> dict:
+          progress: Optional[bool] = None, callbacks: Sequence[Callable] = ()) -> dict:
     """Train ``model`` in place and return its history.
 
     Training stops after ``epochs`` epochs, or — when ``target_train_acc`` is given — at the end
@@ -130,10 +124,11 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
         augment: keyword arguments of :func:`augment_signals` (``shift``, ``scale``, ``noise``).
         milestones: epochs after which the learning rate is multiplied by ``lr_factor`` and the
             batch size by ``batch_factor`` (Smith et al. 2018's schedules).
-        track_sharpness_every: record λ_max of the full training loss every that many epochs
-            (and at the start and the end) under ``history["lambda_max"]``.
-        progress: show a tqdm bar (default: on, unless ``FLATLIB_PROGRESS=0``).
-        callback: ``callback(epoch, model, history)`` after every epoch.
+        progress: show a tqdm bar (default: on, unless ``FLATNESS_PROGRESS=0``).
+        callbacks: callables ``callback(epoch, model, history)`` run after every epoch; a
+            callback's optional ``start(model, history)`` runs before the first step and its
+            optional ``end(epoch, model, history)`` after the last (for example
+            :class:`flatness.curvature.SharpnessTracker`).
 
     Returns:
         A dict of per-epoch lists (``epoch``, ``steps``, ``lr``, ``batch_size``, ``train_loss``,
@@ -170,17 +165,11 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
     limit = epochs if epochs is not None else max_epochs
     hist: Dict[str, list] = {k: [] for k in ("epoch", "steps", "lr", "batch_size", "train_loss",
                                              "train_acc", "test_loss", "test_acc")}
-    hist["lambda_max"] = []
     start, steps, reached = time.perf_counter(), 0, False
     was_training = model.training
-
-    def record_sharpness(epoch: int) -> None:
-        from .curvature import top_eigenvalues
-        res = top_eigenvalues(model, loss_fn, (X, y), k=1, tol=1e-3, eval_mode=True)
-        hist["lambda_max"].append([epoch, float(res.eigenvalues[0])])
-
-    if track_sharpness_every:
-        record_sharpness(0)
+    for cb in callbacks:
+        if hasattr(cb, "start"):
+            cb.start(model, hist)
     bar = _tqdm(total=limit, desc="train", disable=not _progress_enabled(progress))
     epoch = 0
     try:
@@ -220,10 +209,8 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
                 test_loss, test_acc = evaluate(model, test_data, loss_fn, eval_mode=True)
                 hist["test_loss"].append(test_loss)
                 hist["test_acc"].append(test_acc)
-            if track_sharpness_every and epoch % track_sharpness_every == 0:
-                record_sharpness(epoch)
-            if callback is not None:
-                callback(epoch, model, hist)
+            for cb in callbacks:
+                cb(epoch, model, hist)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3g}", acc=f"{train_acc:.3f}")
             if target_train_acc is not None and train_acc >= target_train_acc:
@@ -236,8 +223,9 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
     finally:
         bar.close()
         model.train(was_training)
-    if track_sharpness_every and (not hist["lambda_max"] or hist["lambda_max"][-1][0] != epoch):
-        record_sharpness(epoch)
+    for cb in callbacks:
+        if hasattr(cb, "end"):
+            cb.end(epoch, model, hist)
     if test_data is None:
         del hist["test_loss"], hist["test_acc"]
     hist.update(epochs=epoch, total_steps=steps, reached_target=reached,
@@ -246,7 +234,7 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
 
 
 def _tqdm(**kwargs):
-    from tqdm import tqdm  # plain tqdm on stderr: the book removes stderr, Jupyter shows it
+    # plain tqdm on stderr: the book removes stderr, Jupyter shows it
     return tqdm(file=sys.stderr, leave=False, dynamic_ncols=True, **kwargs)
 
 
@@ -255,8 +243,8 @@ class TrainConfig:
     """Everything that determines a trained model; its hash keys the cache.
 
     Attributes:
-        model: a model description for :func:`flatlib.models.from_spec`.
-        data: a dataset description for :func:`flatlib.data.from_spec`.
+        model: a model description for :func:`flatness.data.from_spec`.
+        data: a dataset description for :func:`flatness.data.from_spec`.
         init_seed: seed of the weight initialization.
         init: warm start from the final weights of another configuration.
         The remaining fields are the keyword arguments of :func:`train`.
@@ -290,7 +278,7 @@ class TrainConfig:
 
     def key(self) -> str:
         """The cache key: a hash of the full configuration."""
-        blob = json.dumps({"flatlib_cache": CACHE_VERSION, "config": json.loads(self.to_json())},
+        blob = json.dumps({"flatness_cache": CACHE_VERSION, "config": json.loads(self.to_json())},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -303,85 +291,12 @@ def _jsonable(obj):
     return obj
 
 
-def cache_dir() -> Path:
-    """The cache folder: ``$FLATLIB_CACHE`` if set, else ``~/.cache/flatlib``."""
-    env = os.environ.get("FLATLIB_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "flatlib"
-
-
-def cache_path(config: TrainConfig, directory: Optional[Path] = None) -> Path:
-    return Path(directory or cache_dir()) / f"{config.key()}.pt"
-
-
 def build_model(config: TrainConfig) -> nn.Module:
     """The initialized (untrained) model of ``config``, seeded by ``init_seed`` (else ``seed``)."""
     seed = config.seed if config.init_seed is None else config.init_seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return models_module.from_spec(config.model)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _safe_load(path: Path, config: TrainConfig):
-    if not path.exists():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob["config"] != config.to_json():
-            raise ValueError("the stored configuration differs")
-        return blob
-    except Exception as err:  # truncated, corrupt or foreign file: retrain
-        warnings.warn(f"cache file {path.name} could not be used ({type(err).__name__}: {err}); "
-                      "retraining", RuntimeWarning, stacklevel=3)
-        return None
-
-
-def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
-                  progress: Optional[bool] = None, retrain: bool = False
-                  ) -> Tuple[nn.Module, dict]:
-    """Return the trained model of ``config`` and its history, training only if not cached.
-
-    Args:
-        config: the full description of the run.
-        directory: the cache folder (default :func:`cache_dir`).
-        progress: show progress bars.
-        retrain: ignore an existing cache file.
-
-    Returns:
-        ``(model, history)``; the model is in eval mode.
-    """
-    path = cache_path(config, directory)
-    model = build_model(config)
-    blob = None if retrain else _safe_load(path, config)
-    if blob is None:
-        if config.init is not None:
-            start, _ = load_or_train(config.init, directory, progress)
-            model.load_state_dict(start.state_dict())
-        split = data_module.from_spec(config.data)
-        options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                   if f.name not in ("model", "data", "init", "init_seed")}
-        options["milestones"] = tuple(options["milestones"])
-        history = train(model, split.train, test_data=split.test, progress=progress, **options)
-        blob = {"config": config.to_json(), "state_dict": model.state_dict(), "history": history}
-        _atomic_save(blob, path)
-    else:
-        model.load_state_dict(blob["state_dict"])
-    model.eval()
-    return model, copy.deepcopy(blob["history"])
 
 
 #: The book's reference network: a 40-100-100-10 ReLU MLP trained on MNIST-1D with SGD and

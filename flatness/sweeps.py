@@ -1,37 +1,34 @@
-r"""Batch-size sweeps: learning-rate scaling, warm starts, flatness summaries, SB/LB statistics.
+r"""Batch-size sweeps: learning-rate scaling, warm starts and flatness summaries.
 
 The tools behind the large-batch experiments of Keskar et al. (2017) and Yao et al. (2018):
 
-* :func:`scaled_lr` and :func:`batch_sweep` build the :class:`~flatlib.training.TrainConfig` of
+* :func:`scaled_lr` and :func:`batch_sweep` build the :class:`~flatness.training.TrainConfig` of
   every run of a sweep over batch sizes and seeds, with the learning rate scaled with the batch
   size and an epoch cap that gives every run the same learning-rate budget;
 * :func:`warm_start` builds Keskar et al.'s Figure 5 runs: ``k`` epochs of small-batch training,
   then large-batch training to the same criterion;
-* :func:`stability_threshold` is the step-size bound on the sharpness of (heavy-ball) gradient
-  descent behind the edge of stability (Cohen et al. 2021);
 * :func:`flatness_summary` measures one trained network: accuracies, :math:`\lambda_{\max}` of
-  the Hessian with respect to the parameters and to the input, and Keskar's sharpness;
-* :func:`by_batch` and :func:`compare_groups` summarize the runs per batch size and compare a
-  small-batch group with a large-batch group against the spread over seeds.
+  the Hessian with respect to the parameters and to the input, and Keskar's sharpness.
 
 Nothing here trains a model by itself: training goes through
-:func:`flatlib.training.load_or_train`, which caches every run.
+:func:`flatness.cache.load_or_train`, which caches every run. The statistics of a sweep's
+records are in :mod:`flatness.stats`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
-import numpy as np
 from torch import nn
 
-from ._validation import check_positive, evaluation
-from .training import TrainConfig
+from .checks import check_positive, evaluation
+from .curvature import input_hessian_top_eigenvalues, top_eigenvalues
+from .sharpness import keskar_sharpness
+from .training import TrainConfig, evaluate
 
-__all__ = ["LR_RULES", "scaled_lr", "batch_sweep", "warm_start", "stability_threshold",
-           "sharpness_key", "flatness_summary", "by_batch", "GroupComparison", "compare_groups"]
+__all__ = ["LR_RULES", "scaled_lr", "batch_sweep", "warm_start", "sharpness_key",
+           "flatness_summary"]
 
 #: The learning-rate scaling rules of :func:`scaled_lr`: the exponent of ``B / B0``.
 LR_RULES = {"constant": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -145,7 +142,7 @@ def warm_start(small: TrainConfig, large: TrainConfig, epochs: int) -> TrainConf
         epochs: the number ``k`` of small-batch epochs.
 
     Returns:
-        A :class:`~flatlib.training.TrainConfig` with ``init`` set.
+        A :class:`~flatness.training.TrainConfig` with ``init`` set.
 
     Raises:
         ValueError: a negative ``epochs``, or configurations of different models or data.
@@ -170,38 +167,6 @@ def warm_start(small: TrainConfig, large: TrainConfig, epochs: int) -> TrainConf
     return large.replace(init=start)
 
 
-def stability_threshold(lr: float, momentum: float = 0.0) -> float:
-    r"""The largest sharpness at which (heavy-ball) gradient descent is stable.
-
-    On a quadratic with curvature :math:`\lambda`, gradient descent with step :math:`\eta` and
-    heavy-ball momentum :math:`\beta` (PyTorch's SGD) converges if and only if
-
-    .. math:: \lambda < \frac{2 + 2\beta}{\eta},
-
-    which is :math:`2/\eta` without momentum. Full-batch training drives :math:`\lambda_{\max}`
-    of the loss up to this value and keeps it there: the edge of stability (Cohen et al. 2021).
-
-    Args:
-        lr: the learning rate :math:`\eta`.
-        momentum: the momentum :math:`\beta \in [0, 1)`.
-
-    Returns:
-        :math:`(2 + 2\beta)/\eta`.
-
-    Raises:
-        ValueError: ``lr`` not positive or ``momentum`` outside ``[0, 1)``.
-
-    >>> stability_threshold(0.5)
-    4.0
-    >>> round(stability_threshold(0.1, momentum=0.9), 9)
-    38.0
-    """
-    check_positive(lr, "lr")
-    if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
-        raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
-    return (2.0 + 2.0 * momentum) / lr
-
-
 def sharpness_key(eps: float, subspace_dim: Optional[int] = None) -> str:
     """The key under which :func:`flatness_summary` stores Keskar's sharpness.
 
@@ -219,14 +184,14 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
     r"""Accuracies and the flatness measures of the large-batch papers for one trained network.
 
     * ``lambda_max``: the largest eigenvalue of :math:`\nabla^2_\theta L` of the full training
-      loss (:func:`flatlib.curvature.top_eigenvalues`, Lanczos to relative tolerance
+      loss (:func:`flatness.curvature.top_eigenvalues`, Lanczos to relative tolerance
       ``lanczos_tol``; Yao et al. 2018 stop power iteration at 1e-3);
     * ``input_lambda_max``: the mean over the test inputs of
       :math:`\lambda_{\max}(\nabla^2_x \ell(f_\theta(x_i), y_i))`
-      (:func:`flatlib.curvature.input_hessian_top_eigenvalues`, Yao et al. 2018);
+      (:func:`flatness.curvature.input_hessian_top_eigenvalues`, Yao et al. 2018);
     * ``keskar_...``: Keskar et al.'s sharpness
       :math:`\phi_{x,f}(\epsilon, A)` of the training loss for every ``eps`` and subspace
-      (:func:`flatlib.sharpness.keskar_sharpness`; ``None`` is the full space), keyed by
+      (:func:`flatness.sharpness.keskar_sharpness`; ``None`` is the full space), keyed by
       :func:`sharpness_key`.
 
     Args:
@@ -237,7 +202,7 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
         subspace_dims: ``None`` (full space) and/or subspace dimensions ``p``.
         lanczos_tol: relative tolerance of the eigenvalue solver.
         seed: seeds the Lanczos start vector, the sharpness start points and subspaces.
-        eval_mode: see :func:`flatlib._validation.evaluation`.
+        eval_mode: see :func:`flatness.checks.evaluation`.
 
     Returns:
         A dict of floats: ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
@@ -248,9 +213,6 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
         ValueError: bad ``eps``, ``subspace_dims`` or ``lanczos_tol``, and every error of the
             measurements.
     """
-    from .curvature import input_hessian_top_eigenvalues, top_eigenvalues
-    from .sharpness import keskar_sharpness
-    from .training import evaluate
 
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     eps, subspace_dims = list(eps), list(subspace_dims)
@@ -277,116 +239,3 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
                     model, loss_fn, train_data, eps=e, subspace_dim=p, seed=seed,
                     eval_mode=eval_mode))
     return out
-
-
-def _values(records: Sequence[Mapping], metric: str) -> None:
-    if not records:
-        raise ValueError("records: expected at least one record")
-    for r in records:
-        if "batch_size" not in r:
-            raise ValueError(f"records: every record needs a 'batch_size', got keys {sorted(r)}")
-        if metric not in r:
-            raise ValueError(f"metric: {metric!r} is not in the records (keys: {sorted(r)})")
-
-
-def by_batch(records: Sequence[Mapping], metric: str) -> List[Tuple[int, float, float, int]]:
-    """Mean and standard deviation over seeds of ``metric`` for every batch size.
-
-    Args:
-        records: one mapping per run with a ``batch_size`` and the metric.
-        metric: the key to summarize.
-
-    Returns:
-        ``[(batch_size, mean, std, n), ...]`` by increasing batch size; ``std`` is the sample
-        standard deviation (``ddof=1``), NaN for a single run.
-
-    >>> rs = [{"batch_size": 64, "acc": 0.8}, {"batch_size": 64, "acc": 0.9},
-    ...       {"batch_size": 16, "acc": 0.7}]
-    >>> [(B, round(m, 3), n) for B, m, s, n in by_batch(rs, "acc")]
-    [(16, 0.7, 1), (64, 0.85, 2)]
-    """
-    _values(records, metric)
-    groups: Dict[int, List[float]] = {}
-    for r in records:
-        groups.setdefault(int(r["batch_size"]), []).append(float(r[metric]))
-    rows = []
-    for B in sorted(groups):
-        v = np.asarray(groups[B])
-        rows.append((B, float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, v.size))
-    return rows
-
-
-@dataclass(frozen=True)
-class GroupComparison:
-    """A small-batch (SB) group against a large-batch (LB) group, from :func:`compare_groups`.
-
-    Attributes:
-        small_mean, small_std, large_mean, large_std: mean and sample standard deviation of the
-            metric over all runs of each group (NaN std for a single run).
-        ratio: ``large_mean / small_mean`` (Keskar et al.'s LB/SB sharpness ratio).
-        gap: ``small_mean - large_mean`` (the generalization gap when the metric is accuracy).
-        seed_spread: the standard deviation over seeds at a fixed batch size, pooled over the
-            batch sizes of both groups: the noise against which ``gap`` is judged (NaN without
-            repeated seeds).
-        n_small, n_large: numbers of runs.
-    """
-
-    small_mean: float
-    small_std: float
-    large_mean: float
-    large_std: float
-    ratio: float
-    gap: float
-    seed_spread: float
-    n_small: int
-    n_large: int
-
-
-def compare_groups(records: Sequence[Mapping], metric: str, small: Iterable[int],
-                   large: Iterable[int]) -> GroupComparison:
-    r"""Compare ``metric`` between the runs with batch sizes in ``small`` and in ``large``.
-
-    The seed spread pools the within-batch-size sample variances :math:`s_B^2` of every batch
-    size with at least two runs, weighted by their degrees of freedom:
-
-    .. math:: s_{\text{seed}}^2 = \frac{\sum_B (n_B - 1)\, s_B^2}{\sum_B (n_B - 1)}.
-
-    Args:
-        records: one mapping per run with a ``batch_size`` and the metric.
-        metric: the key to compare.
-        small, large: the batch sizes of each group (disjoint).
-
-    Returns:
-        A :class:`GroupComparison`.
-
-    Raises:
-        ValueError: overlapping groups, a group without runs, or a missing metric.
-
-    >>> rs = [{"batch_size": B, "acc": a} for B, a in
-    ...       [(64, 0.80), (64, 0.82), (4000, 0.70), (4000, 0.74)]]
-    >>> c = compare_groups(rs, "acc", small=[64], large=[4000])
-    >>> round(c.gap, 3), round(c.seed_spread, 4), round(c.ratio, 3)
-    (0.09, 0.0224, 0.889)
-    """
-    _values(records, metric)
-    small, large = {int(b) for b in small}, {int(b) for b in large}
-    if small & large:
-        raise ValueError(f"small, large: the groups share batch sizes {sorted(small & large)}")
-    groups = {}
-    for name, sizes in (("small", small), ("large", large)):
-        v = np.asarray([float(r[metric]) for r in records if int(r["batch_size"]) in sizes])
-        if v.size == 0:
-            raise ValueError(f"{name}: no run has a batch size in {sorted(sizes)}")
-        groups[name] = v
-    ss, dof = 0.0, 0
-    pooled = [r for r in records if int(r["batch_size"]) in small | large]
-    for _, _, std, n in by_batch(pooled, metric):
-        if n > 1:
-            ss += (n - 1) * std ** 2
-            dof += n - 1
-    s, l_ = groups["small"], groups["large"]
-    sd = lambda v: float(v.std(ddof=1)) if v.size > 1 else math.nan  # noqa: E731
-    ratio = float(l_.mean() / s.mean()) if s.mean() != 0 else math.nan
-    return GroupComparison(float(s.mean()), sd(s), float(l_.mean()), sd(l_), ratio,
-                           float(s.mean() - l_.mean()), math.sqrt(ss / dof) if dof else math.nan,
-                           int(s.size), int(l_.size))

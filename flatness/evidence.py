@@ -21,13 +21,11 @@ penalizes sharp minima. It is exact when :math:`C` is quadratic (a linear model 
 likelihood).
 
 * :func:`laplace_log_evidence` computes it at a minimum, exactly (dense Hessian, ``eigh``) for
-  small models or with a stochastic log-determinant (:func:`stochastic_logdet`, stochastic
+  small models or with a stochastic log-determinant (:func:`flatness.krylov.stochastic_logdet`, stochastic
   Lanczos quadrature) for larger ones, and refuses points that are not minima.
 * :func:`fit_map` finds :math:`\omega_0` by full-batch L-BFGS in float64.
 * :func:`null_log_evidence` is the evidence :math:`N \ln(1/n)` of the model that assigns
   probability :math:`1/n` to each of :math:`n` classes.
-* :func:`two_class_split` and :func:`random_relu_features` build the binary tasks of the
-  book's experiment.
 
 Losses must be *mean-reduced negative log-likelihoods* of one sample (``nn.CrossEntropyLoss``,
 ``nn.BCEWithLogitsLoss`` or :class:`GaussianNLLLoss`), so that :math:`N` times the loss is the
@@ -39,19 +37,27 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._validation import (check_finite, check_labels, check_positive, check_reduction,
-                          evaluation, materialize, num_samples, trainable_parameters)
-from .data import Split
+from .checks import (
+    check_finite,
+    check_labels,
+    check_positive,
+    check_reduction,
+    evaluation,
+    materialize,
+    num_samples,
+    trainable_parameters,
+)
+from .krylov import stochastic_logdet
+from .operators import HessianOperator
 
-__all__ = ["GaussianNLLLoss", "map_objective", "fit_map", "MapFit", "laplace_log_evidence",
-           "Evidence", "log_occam_factor", "null_log_evidence", "stochastic_logdet",
-           "LogDetEstimate", "per_parameter_precision", "two_class_split", "random_relu_features"]
+__all__ = ["GaussianNLLLoss", "per_parameter_precision", "map_objective", "MapFit", "fit_map",
+           "log_occam_factor", "null_log_evidence", "Evidence", "laplace_log_evidence"]
 
 
 class GaussianNLLLoss(nn.Module):
@@ -188,7 +194,7 @@ def map_objective(model: nn.Module, loss_fn, data, prior_precision: float,
         loss_fn: a mean-reduced per-sample negative log-likelihood.
         data: an ``(X, y)`` pair or an iterable of pairs.
         prior_precision: λ > 0, or a vector of per-parameter precisions.
-        eval_mode: see :func:`flatlib._validation.evaluation`.
+        eval_mode: see :func:`flatness.checks.evaluation`.
 
     >>> net = nn.Linear(2, 1, bias=False)
     >>> _ = net.weight.data.fill_(1.0)
@@ -240,7 +246,7 @@ def fit_map(model: nn.Module, loss_fn, data, prior_precision: float, max_iter: i
         max_iter: the most L-BFGS iterations.
         grad_tol: stop when :math:`\lVert\nabla C\rVert_2` falls below this.
         history_size: L-BFGS memory.
-        eval_mode: see :func:`flatlib._validation.evaluation`.
+        eval_mode: see :func:`flatness.checks.evaluation`.
 
     Returns:
         A :class:`MapFit`.
@@ -347,133 +353,6 @@ def null_log_evidence(num_samples: int, num_classes: int) -> float:
 
 
 @dataclass
-class LogDetEstimate:
-    """Result of :func:`stochastic_logdet`.
-
-    Attributes:
-        value: the estimate of :math:`\\ln\\det A`.
-        stderr: its standard error over the probes (0 when every probe was exact).
-        ritz_min, ritz_max: the extreme Ritz values seen (bounds inside the spectrum).
-        products: matrix-vector products used.
-        per_probe: the estimate of each probe.
-    """
-
-    value: float
-    stderr: float
-    ritz_min: float
-    ritz_max: float
-    products: int
-    per_probe: np.ndarray = field(repr=False)
-
-
-def _as_matvec(operator, dim: Optional[int]):
-    if isinstance(operator, Tensor):
-        if operator.ndim != 2 or operator.shape[0] != operator.shape[1]:
-            raise ValueError("operator: expected a square matrix, got shape "
-                             f"{tuple(operator.shape)}")
-        A = operator.to(torch.float64)
-        return (lambda v: A @ v), A.shape[0]
-    if isinstance(operator, np.ndarray):
-        return _as_matvec(torch.from_numpy(operator), dim)
-    shape = getattr(operator, "shape", None)
-    if shape is not None and len(shape) == 2 and hasattr(operator, "__matmul__"):
-        if shape[0] != shape[1]:
-            raise ValueError(f"operator: expected a square operator, got shape {tuple(shape)}")
-
-        def mv(v, op=operator):
-            out = op @ v.to(getattr(op, "dtype", torch.float64))
-            return torch.as_tensor(out).to(torch.float64).reshape(-1)
-
-        return mv, int(shape[0])
-    if callable(operator):
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim: a callable operator needs its dimension, got {dim!r}")
-        return (lambda v: torch.as_tensor(operator(v), dtype=torch.float64).reshape(-1)), dim
-    raise TypeError(f"operator: expected a square tensor, a linear operator or a callable, "
-                    f"got {type(operator).__name__}")
-
-
-def stochastic_logdet(operator, dim: Optional[int] = None, num_probes: int = 10,
-                      num_lanczos: int = 60, seed: int = 0) -> LogDetEstimate:
-    r""":math:`\ln\det A` of a symmetric positive-definite operator by stochastic Lanczos
-    quadrature (Ubaru, Chen & Saad 2017).
-
-    With Rademacher probes :math:`v` (:math:`\lVert v\rVert^2 = p`),
-    :math:`\ln\det A = \operatorname{tr}\ln A = \mathbb E[v^\top \ln(A)\, v]`, and each quadratic
-    form is the Gauss quadrature of the ``m``-step Lanczos tridiagonal matrix
-    :math:`T = Q\,\Theta\,Q^\top` started at :math:`v/\lVert v\rVert`:
-
-    .. math:: v^\top \ln(A)\, v \approx p \sum_{k=1}^{m} Q_{1k}^2 \ln\theta_k .
-
-    Lanczos runs with full reorthogonalization; when ``num_lanczos`` reaches the dimension (or
-    Lanczos finds an invariant subspace) a probe's quadrature is exact.
-
-    Args:
-        operator: a square tensor or array, a linear operator with ``shape`` and ``@`` (for
-            example a curvlinops operator), or a callable ``v -> A v`` (then ``dim`` is needed).
-        dim: the dimension, for a callable.
-        num_probes: number of random probes.
-        num_lanczos: Lanczos steps per probe (matrix-vector products per probe).
-        seed: seeds the probes.
-
-    Returns:
-        A :class:`LogDetEstimate`.
-
-    Raises:
-        ValueError: bad arguments, or a non-positive Ritz value (then ``A`` has a non-positive
-            eigenvalue and has no real log-determinant).
-
-    >>> A = torch.diag(torch.tensor([1.0, 2.0, 4.0]))
-    >>> round(stochastic_logdet(A, num_probes=2, num_lanczos=3).value, 6)  # ln 8
-    2.079442
-    """
-    check_positive(num_probes, "num_probes", integer=True)
-    check_positive(num_lanczos, "num_lanczos", integer=True)
-    matvec, P = _as_matvec(operator, dim)
-    m_max = min(num_lanczos, P)
-    gen = torch.Generator().manual_seed(int(seed))
-    estimates, products = [], 0
-    ritz_min, ritz_max = math.inf, -math.inf
-    for _ in range(num_probes):
-        v = torch.randint(0, 2, (P,), generator=gen).to(torch.float64) * 2 - 1
-        Q = torch.zeros(P, m_max, dtype=torch.float64)
-        alpha, beta, scale = [], [], 0.0
-        q = v / v.norm()
-        for j in range(m_max):
-            Q[:, j] = q
-            w = matvec(q)
-            products += 1
-            if w.shape != (P,):
-                raise ValueError(f"operator: a product returned shape {tuple(w.shape)}, "
-                                 f"expected ({P},)")
-            a = float(w @ q)
-            alpha.append(a)
-            # full reorthogonalization (twice is enough)
-            for _ in range(2):
-                w = w - Q[:, :j + 1] @ (Q[:, :j + 1].T @ w)
-            b = float(w.norm())
-            scale = max(scale, abs(a), b)
-            if j == m_max - 1 or b <= 1e-10 * scale:
-                break
-            beta.append(b)
-            q = w / b
-        T = np.diag(alpha)
-        if beta:
-            k = len(alpha)
-            T += np.diag(beta[:k - 1], 1) + np.diag(beta[:k - 1], -1)
-        theta, S = np.linalg.eigh(T)
-        ritz_min, ritz_max = min(ritz_min, theta[0]), max(ritz_max, theta[-1])
-        if theta[0] <= 0:
-            raise ValueError(f"operator: a Ritz value is {theta[0]:.3g} ≤ 0, so the operator has "
-                             "a non-positive eigenvalue and no real log-determinant")
-        estimates.append(P * float(np.sum(S[0, :] ** 2 * np.log(theta))))
-    est = np.asarray(estimates)
-    stderr = float(est.std(ddof=1) / math.sqrt(len(est))) if len(est) > 1 else math.nan
-    return LogDetEstimate(float(est.mean()), stderr, float(ritz_min), float(ritz_max), products,
-                          est)
-
-
-@dataclass
 class Evidence:
     r"""Result of :func:`laplace_log_evidence`; every term is in nats.
 
@@ -519,7 +398,6 @@ class Evidence:
 
 
 def _hessian_of_mean_loss(model64: nn.Module, loss_fn, batches, eval_mode):
-    from .curvature import HessianOperator
     # an iterator of batches: a list of exactly two (X, y) batches would read as one pair
     return HessianOperator(model64, loss_fn, iter(batches), eval_mode=eval_mode)
 
@@ -562,7 +440,7 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
             vanish; raise ``grad_tol`` there knowingly and report the decrement.
         max_exact: the largest ``p`` for ``"auto"`` to choose the dense method.
         num_probes, num_lanczos, seed: the options of :func:`stochastic_logdet` (``"slq"``).
-        eval_mode: see :func:`flatlib._validation.evaluation`.
+        eval_mode: see :func:`flatness.checks.evaluation`.
 
     Returns:
         An :class:`Evidence`.
@@ -602,7 +480,7 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
         raise ValueError("model: the parameters are not a minimum of C(ω) for this "
                          f"prior_precision: ‖∇C‖ = {gnorm:.3g} > grad_tol = {grad_tol:g}; "
                          "the Laplace approximation "
-                         "expands around a minimum (fit one with flatlib.bayes.fit_map)")
+                         "expands around a minimum (fit one with flatness.evidence.fit_map)")
     H = _hessian_of_mean_loss(model64, loss_fn, batches, eval_mode)
     eigenvalues, stderr, decrement = None, 0.0, math.nan
     if method == "exact":
@@ -639,77 +517,3 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
                     num_parameters=P, num_samples=N, gradient_norm=gnorm,
                     min_eigenvalue=min_eig, method=method, stderr=stderr,
                     newton_decrement=decrement, eigenvalues=eigenvalues)
-
-
-def two_class_split(split: Split, classes: Sequence[int] = (0, 1), random_labels: bool = False,
-                    seed: int = 0) -> Split:
-    r"""Keep two classes of a :class:`~flatlib.data.Split`, relabelled 0 and 1 (as floats, for
-    ``nn.BCEWithLogitsLoss``).
-
-    Args:
-        split: a multi-class split (for example :func:`flatlib.data.mnist1d`).
-        classes: the two labels kept; the first becomes 0, the second 1.
-        random_labels: replace the training and the test labels by independent fair coin flips
-            (seeded), as in Smith & Le's (2018) random-label experiment: the inputs then carry
-            no information about the labels, a test accuracy of 50 % and a test cross-entropy
-            of :math:`\ln 2` are the best any model can expect.
-        seed: the coin flips' seed.
-
-    >>> s = Split(torch.zeros(6, 2), torch.tensor([0, 1, 2, 1, 0, 2]), torch.zeros(3, 2),
-    ...           torch.tensor([2, 1, 0]), 3)
-    >>> b = two_class_split(s, (2, 1))
-    >>> b.y_train.tolist(), b.y_test.tolist(), b.num_classes
-    ([1.0, 0.0, 1.0, 0.0], [0.0, 1.0], 2)
-    """
-    if not isinstance(split, Split):
-        raise TypeError(f"split: expected a flatlib.data.Split, got {type(split).__name__}")
-    classes = [int(c) for c in classes]
-    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c < split.num_classes
-                                                                for c in classes):
-        raise ValueError(f"classes: expected two distinct labels in [0, {split.num_classes}), "
-                         f"got {list(classes)}")
-
-    def pick(X, y):
-        keep = (y == classes[0]) | (y == classes[1])
-        return X[keep], (y[keep] == classes[1]).to(torch.float32)
-
-    Xtr, ytr = pick(*split.train)
-    Xte, yte = pick(*split.test)
-    if random_labels:
-        gen = torch.Generator().manual_seed(int(seed))
-        ytr = torch.randint(0, 2, ytr.shape, generator=gen).to(torch.float32)
-        yte = torch.randint(0, 2, yte.shape, generator=gen).to(torch.float32)
-    return Split(Xtr, ytr, Xte, yte, 2)
-
-
-def random_relu_features(split: Split, width: int, seed: int = 0) -> Split:
-    r"""Map the inputs through a fixed random ReLU layer, :math:`z = \max(0, W x + b)`,
-    :math:`W_{ij}, b_i \sim \mathcal N(0, 1/d)`, then standardize each feature with the
-    training part's statistics.
-
-    A linear model on ``width`` such features has ``width + 1`` parameters, enough to memorize
-    the random labels of up to about ``2 (width + 1)`` training points (Cover 1965).
-
-    Args:
-        split: the data; inputs are flattened.
-        width: the number of features.
-        seed: seeds the random layer.
-
-    >>> s = Split(torch.randn(5, 3), torch.zeros(5), torch.randn(2, 3), torch.zeros(2), 2)
-    >>> random_relu_features(s, 8).input_shape
-    (8,)
-    """
-    if not isinstance(split, Split):
-        raise TypeError(f"split: expected a flatlib.data.Split, got {type(split).__name__}")
-    check_positive(width, "width", integer=True)
-    Xtr = split.X_train.reshape(len(split.X_train), -1).to(torch.float64)
-    Xte = split.X_test.reshape(len(split.X_test), -1).to(torch.float64)
-    d = Xtr.shape[1]
-    gen = torch.Generator().manual_seed(int(seed))
-    W = torch.randn(d, width, generator=gen, dtype=torch.float64) / math.sqrt(d)
-    b = torch.randn(width, generator=gen, dtype=torch.float64) / math.sqrt(d)
-    Ztr, Zte = torch.relu(Xtr @ W + b), torch.relu(Xte @ W + b)
-    mu, sd = Ztr.mean(0), Ztr.std(0)
-    sd[sd == 0] = 1.0
-    return Split(((Ztr - mu) / sd).float(), split.y_train, ((Zte - mu) / sd).float(),
-                 split.y_test, split.num_classes)

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-
-from flatlib import curvature
-from flatlib.models import cnn1d, mlp
-from flatlib.lanczos import krylov_trace, lanczos, ritz_error_bounds
 from oracles import oracle_hessian
+
+from flatness import curvature, operators
+from flatness.krylov import krylov_trace, lanczos, ritz_error_bounds
+from flatness.models import cnn1d, mlp
 
 
 def _symmetric(n=60, seed=0, outliers=(9.0, 7.0, 5.0, 4.5, 4.0)):
@@ -99,7 +99,7 @@ def test_krylov_trace_exact_at_full_budget_and_refusals():
 def test_top_eigenvalues_lanczos_and_eigsh_agree_with_dense(tiny):
     model, loss, data = tiny
     evals = torch.linalg.eigvalsh(oracle_hessian(model, loss, data)).numpy()[::-1]
-    op = curvature.HessianOperator(model, loss, data, dtype=torch.float64)
+    op = operators.HessianOperator(model, loss, data, dtype=torch.float64)
     for method in ("lanczos", "eigsh"):
         res = curvature.top_eigenvalues(model, loss, data, k=3, tol=1e-8, method=method,
                                         operator=op, return_eigenvectors=True)
@@ -118,7 +118,7 @@ def test_top_eigenvalues_lanczos_and_eigsh_agree_with_dense(tiny):
 def test_hessian_trace_krylov_against_dense(tiny):
     model, loss, data = tiny
     exact = float(torch.trace(oracle_hessian(model, loss, data)))
-    op = curvature.HessianOperator(model, loss, data, dtype=torch.float64)
+    op = operators.HessianOperator(model, loss, data, dtype=torch.float64)
     est = [curvature.hessian_trace(model, loss, data, num_matvecs=20, seed=s, operator=op)
            for s in range(20)]
     assert np.mean(est) == pytest.approx(exact, rel=0.1)
@@ -127,7 +127,7 @@ def test_hessian_trace_krylov_against_dense(tiny):
 
 def test_batched_products_match_dense(tiny):
     model, loss, data = tiny
-    op = curvature.HessianOperator(model, loss, data, dtype=torch.float64)
+    op = operators.HessianOperator(model, loss, data, dtype=torch.float64)
     H = oracle_hessian(model, loss, data)
     V = torch.randn(H.shape[0], 7, dtype=torch.float64)
     torch.testing.assert_close(op @ V, H @ V, rtol=1e-10, atol=1e-12)
@@ -135,7 +135,7 @@ def test_batched_products_match_dense(tiny):
 
 
 def test_piecewise_linear_trace_is_exact_on_dense_oracles(tiny):
-    from flatlib.lanczos import piecewise_linear_trace
+    from flatness.exact_trace import piecewise_linear_trace
 
     model, loss, data = tiny
     exact = float(torch.trace(oracle_hessian(model, loss, data)))
@@ -151,7 +151,7 @@ def test_piecewise_linear_trace_is_exact_on_dense_oracles(tiny):
 
 
 def test_piecewise_linear_trace_refusals(tiny):
-    from flatlib.lanczos import piecewise_linear_trace
+    from flatness.exact_trace import piecewise_linear_trace
 
     model, loss, data = tiny
     with pytest.raises(ValueError, match="piecewise linear"):

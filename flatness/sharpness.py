@@ -22,12 +22,21 @@ from typing import Optional
 
 import numpy as np
 import torch
+from scipy.optimize import Bounds, minimize
 from torch import nn
 
-from ._validation import (check_finite, check_labels, check_positive, check_reduction,
-                          evaluation, materialize, num_samples, trainable_parameters)
+from .checks import (
+    check_finite,
+    check_labels,
+    check_positive,
+    check_reduction,
+    evaluation,
+    materialize,
+    num_samples,
+    trainable_parameters,
+)
 
-__all__ = ["keskar_sharpness", "random_subspace"]
+__all__ = ["random_subspace", "keskar_sharpness"]
 
 
 def random_subspace(n: int, p: int, seed: int = 0) -> np.ndarray:
@@ -95,7 +104,7 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
             ``n × p`` subspace (:func:`random_subspace`; the paper uses p = 100).
         maxiter: L-BFGS-B iterations (10 in the paper).
         seed: seeds the start point and the subspace.
-        eval_mode: see :func:`flatlib._validation.evaluation`.
+        eval_mode: see :func:`flatness.checks.evaluation`.
 
     Returns:
         The sharpness (a percentage: ×100 as in the paper).
@@ -110,8 +119,6 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
         >>> keskar_sharpness(net, torch.nn.CrossEntropyLoss(), (X, y), eps=1e-3) > 0
         True
     """
-    from scipy.optimize import Bounds, minimize
-
     check_positive(eps, "eps")
     check_positive(maxiter, "maxiter", integer=True)
     check_reduction(loss_fn)

@@ -19,173 +19,39 @@ model's parameters.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
+from torch.func import functional_call, hessian, vmap
 
-from ._validation import quiet_torch_func
+from .checks import (
+    check_labels,
+    check_positive,
+    check_reduction,
+    evaluation,
+    materialize,
+    quiet_torch_func,
+)
+from .exact_trace import piecewise_linear_trace
+from .krylov import krylov_trace, lanczos
+from .operators import HessianOperator, _dense_from_operator
 
 with quiet_torch_func():  # curvlinops imports linear_operator, which calls torch.jit.script
-    from curvlinops._torch_base import PyTorchLinearOperator
-
-from ._validation import (check_finite, check_labels, check_positive, check_reduction,
-                          evaluation, materialize, num_samples, quiet_torch_func,
-                          trainable_parameters)
-
-__all__ = ["unflatten_parameters", "HessianOperator", "EigenResult", "top_eigenvalues", "hessian_trace",
-           "hessian_frobenius", "dense_hessian", "spectral_density", "input_hessian_top_eigenvalues",
-           "flat_parameters"]
+    from curvlinops import (
+        hutchinson_squared_fro,
+        hutchinson_trace,
+        hutchpp_trace,
+        xtrace,
+    )
 
 
-def flat_parameters(model: nn.Module) -> Tensor:
-    """All trainable parameters of ``model`` as one detached vector (in ``parameters()`` order)."""
-    return torch.cat([p.detach().reshape(-1) for p in trainable_parameters(model)])
-
-
-def unflatten_parameters(model: nn.Module, vector: Tensor) -> Dict[str, Tensor]:
-    """Split a flat vector (ordered as :func:`flat_parameters`) into tensors shaped like the
-    model's trainable parameters, keyed by name, for ``torch.func.functional_call``.
-
-    The pieces are views of ``vector``, so gradients flow back to it.
-
-    >>> net = torch.nn.Linear(2, 3)
-    >>> {k: tuple(v.shape) for k, v in unflatten_parameters(net, torch.arange(9.)).items()}
-    {'weight': (3, 2), 'bias': (3,)}
-    """
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    total = sum(p.numel() for _, p in named)
-    if vector.ndim != 1 or vector.numel() != total:
-        raise ValueError(f"vector: expected a flat tensor of {total} entries, got shape "
-                         f"{tuple(vector.shape)}")
-    out, offset = {}, 0
-    for k, p in named:
-        out[k] = vector[offset:offset + p.numel()].reshape(p.shape)
-        offset += p.numel()
-    return out
-
-
-def _prepare(model: nn.Module, data, dtype: Optional[torch.dtype]):
-    batches = materialize(data)
-    if dtype is not None:
-        if any(p.dtype != dtype for p in model.parameters()):
-            model = copy.deepcopy(model).to(dtype)
-        batches = [(X.to(dtype) if X.is_floating_point() else X,
-                    y.to(dtype) if y.is_floating_point() else y) for X, y in batches]
-    return model, batches
-
-
-class HessianOperator(PyTorchLinearOperator):
-    r"""The Hessian :math:`\nabla^2_\theta L` of the full-data loss as a linear operator.
-
-    Args:
-        model: the network; its parameters are not changed.
-        loss_fn: a mean-reduced loss such as ``nn.CrossEntropyLoss()``.
-        data: an ``(X, y)`` pair or an iterable of pairs (a DataLoader).
-        batch_size: split a tensor pair into batches of this size (memory only; the result is
-            the same).
-        retain: keep the gradient graph for all products (fast; memory grows with the data).
-        dtype: compute in this dtype on a copy of the model (``torch.float64`` for oracles).
-        eval_mode: see :func:`flatlib._validation.evaluation`.
-
-    Attributes:
-        products: number of Hessian-vector products computed so far.
-        loss: the full-data loss at the parameters.
-        gradient: the full-data gradient (flat).
-
-    Raises:
-        ValueError: empty or mis-shaped data, labels out of range, a loss that is not finite,
-            or BatchNorm/Dropout in train mode.
-
-    >>> net = torch.nn.Linear(3, 2)
-    >>> X, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
-    >>> H = HessianOperator(net, torch.nn.CrossEntropyLoss(), (X, y))
-    >>> H.shape
-    (8, 8)
-    """
-
-    SELF_ADJOINT = True
-
-    def __init__(self, model: nn.Module, loss_fn, data, batch_size: Optional[int] = None,
-                 retain: bool = True, dtype: Optional[torch.dtype] = None,
-                 eval_mode: Optional[bool] = None):
-        check_reduction(loss_fn)
-        self._source = model
-        self.model, batches = _prepare(model, data, dtype)
-        if batch_size is not None:
-            check_positive(batch_size, "batch_size", integer=True)
-            batches = [(X[i:i + batch_size], y[i:i + batch_size])
-                       for X, y in batches for i in range(0, X.shape[0], batch_size)]
-        self.loss_fn, self.batches, self.retain, self.eval_mode = loss_fn, batches, retain, eval_mode
-        self.params = trainable_parameters(self.model)
-        self.N = num_samples(batches)
-        self.weights = [X.shape[0] / self.N for X, _ in batches]
-        P = sum(p.numel() for p in self.params)
-        super().__init__([(P,)], [(P,)])
-        self.products = 0
-        self._graphs: List[Tensor] = []
-        loss, grad = 0.0, torch.zeros(P, dtype=self.params[0].dtype, device=self.params[0].device)
-        with evaluation(self.model, eval_mode):
-            for (X, y), w in zip(batches, self.weights):
-                g = self._batch_gradient(X, y, w, create_graph=retain)
-                loss += float(self._last_loss) * w
-                grad += g.detach()
-                if retain:
-                    self._graphs.append(g)
-        self.loss = check_finite(loss)
-        self.gradient = grad
-
-    def _batch_gradient(self, X: Tensor, y: Tensor, w: float, create_graph: bool) -> Tensor:
-        out = self.model(X)
-        check_labels(out, y, self.loss_fn)
-        loss = self.loss_fn(out, y)
-        self._last_loss = loss.detach()
-        if not torch.isfinite(loss):
-            check_finite(float(loss.detach()))
-        grads = torch.autograd.grad(loss * w, self.params, create_graph=True)
-        return torch.cat([g.reshape(-1) for g in grads])
-
-    @property
-    def device(self) -> torch.device:
-        return self.params[0].device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.params[0].dtype
-
-    def _hvp_columns(self, g: Tensor, V: Tensor) -> Tensor:
-        cols = []
-        for j in range(V.shape[1]):
-            hv = torch.autograd.grad(g, self.params, V[:, j], retain_graph=True, allow_unused=True)
-            cols.append(torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
-                                   for h, p in zip(hv, self.params)]))
-        return torch.stack(cols, 1)
-
-    def _matmat(self, X: List[Tensor]) -> List[Tensor]:
-        V = X[0].to(self.dtype)
-        out = torch.zeros_like(V)
-        if self.retain:
-            for g in self._graphs:
-                out += self._hvp_columns(g, V)
-        else:
-            with evaluation(self.model, self.eval_mode):
-                for (Xb, yb), w in zip(self.batches, self.weights):
-                    g = self._batch_gradient(Xb, yb, w, create_graph=True)
-                    out += self._hvp_columns(g, V)
-        self.products += V.shape[1]
-        return [out.detach()]
-
-    def matvec(self, v: Tensor) -> Tensor:
-        """``H @ v`` for a flat vector ``v``."""
-        return self @ v
-
-    def release(self) -> None:
-        """Free the retained graphs."""
-        self._graphs = []
-        self.retain = False
+__all__ = ["EigenResult", "top_eigenvalues", "hessian_trace", "hessian_frobenius",
+           "spectral_density", "input_hessian_top_eigenvalues", "block_top_eigenvalues",
+           "SharpnessTracker"]
 
 
 @dataclass
@@ -221,8 +87,8 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
                     method: str = "lanczos") -> EigenResult:
     r"""The ``k`` largest (algebraic) eigenvalues of the full-data Hessian.
 
-    By default flatlib's Lanczos iteration with full reorthogonalization
-    (:func:`flatlib.lanczos.lanczos`), which stops as soon as every wanted eigenvalue meets the
+    By default flatness's Lanczos iteration with full reorthogonalization
+    (:func:`flatness.krylov.lanczos`), which stops as soon as every wanted eigenvalue meets the
     relative accuracy ``tol`` (estimated from its Ritz residual), so a loose ``tol`` costs few
     products: 8 to 11 for λ_max to ``1e-3`` on the networks of ``benchmarks/curvature.py``.
     ``method="eigsh"`` uses
@@ -261,8 +127,6 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
         raise ValueError(f"k: expected an integer in [1, {P - 1}], got {k!r}")
     start = H.products
     if method == "lanczos":
-        from .lanczos import lanczos
-
         budget = min(P, max(200, 20 * k)) if maxiter is None else maxiter
 
         def matvec(v: Tensor) -> Tensor:
@@ -273,8 +137,6 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
                       return_eigenvectors=return_eigenvectors)
         vals, vecs, converged = res.eigenvalues, res.eigenvectors, res.converged
     else:
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
         A = H.to_scipy(dtype=np.float64)
         converged = True
         try:
@@ -295,7 +157,7 @@ def hessian_trace(model: nn.Module, loss_fn, data, num_matvecs: int = 30,
                   operator: Optional[HessianOperator] = None) -> float:
     r"""A randomized estimate of :math:`\operatorname{Tr}\nabla^2 L`.
 
-    ``"krylov"`` (default) is flatlib's :func:`flatlib.lanczos.krylov_trace`: 30 % of the
+    ``"krylov"`` (default) is flatness's :func:`flatness.krylov.krylov_trace`: 30 % of the
     products build a Lanczos basis whose part of the trace is exact, the rest sample the
     remainder with projected Rademacher probes. Where a few outlying eigenvalues hold much of
     the Frobenius norm its error is two to three times smaller than plain Hutchinson's at 100
@@ -306,7 +168,7 @@ def hessian_trace(model: nn.Module, loss_fn, data, num_matvecs: int = 30,
     computed exactly from ``P`` products instead.
     ``"exact"`` uses no products: for the cross-entropy loss of a piecewise-linear (ReLU)
     network the Hessian's diagonal equals the Gauss–Newton diagonal, so the trace follows
-    exactly from per-sample Jacobians (:func:`flatlib.lanczos.piecewise_linear_trace`; other
+    exactly from per-sample Jacobians (:func:`flatness.exact_trace.piecewise_linear_trace`; other
     models are refused).
 
     Args:
@@ -316,16 +178,12 @@ def hessian_trace(model: nn.Module, loss_fn, data, num_matvecs: int = 30,
         method: ``"krylov"``, ``"xtrace"``, ``"hutch++"``, ``"hutchinson"`` or ``"exact"``.
         seed: seeds the random probes.
     """
-    from curvlinops import hutchinson_trace, hutchpp_trace, xtrace
-
     methods = {"xtrace": (xtrace, 2), "hutch++": (hutchpp_trace, 3),
                "hutchinson": (hutchinson_trace, 1), "krylov": (None, 2), "exact": (None, 1)}
     if method not in methods:
         raise ValueError(f"method: expected one of {sorted(methods)}, got {method!r}")
     check_positive(num_matvecs, "num_matvecs", integer=True)
     if method == "exact":
-        from .lanczos import piecewise_linear_trace
-
         if operator is not None:
             model, loss_fn, data = operator._source, operator.loss_fn, operator.batches
         return piecewise_linear_trace(model, loss_fn, data, dtype=dtype)
@@ -336,8 +194,6 @@ def hessian_trace(model: nn.Module, loss_fn, data, num_matvecs: int = 30,
     fn, multiple = methods[method]
     m = max(multiple, num_matvecs - num_matvecs % multiple)
     if method == "krylov":
-        from .lanczos import krylov_trace
-
         def matvec(v: Tensor) -> Tensor:
             return H._matmat([v.to(device=H.device, dtype=H.dtype).unsqueeze(1)])[0][:, 0]
 
@@ -355,8 +211,6 @@ def hessian_frobenius(model: nn.Module, loss_fn, data, num_matvecs: int = 30, se
     products and Rademacher probes (curvlinops' ``hutchinson_squared_fro``); exact when
     ``num_matvecs`` reaches the dimension.
     """
-    from curvlinops import hutchinson_squared_fro
-
     check_positive(num_matvecs, "num_matvecs", integer=True)
     H = operator or HessianOperator(model, loss_fn, data, dtype=dtype, eval_mode=eval_mode)
     if num_matvecs >= H.shape[0]:
@@ -364,31 +218,6 @@ def hessian_frobenius(model: nn.Module, loss_fn, data, num_matvecs: int = 30, se
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return float(hutchinson_squared_fro(H, num_matvecs)) ** 0.5
-
-
-def _dense_from_operator(H: HessianOperator, chunk: int = 256) -> Tensor:
-    P = H.shape[0]
-    eye = torch.eye(P, dtype=H.dtype, device=H.device)
-    cols = [H @ eye[:, i:i + chunk] for i in range(0, P, chunk)]
-    D = torch.cat(cols, 1)
-    return (D + D.T) / 2
-
-
-def dense_hessian(model: nn.Module, loss_fn, data, dtype: torch.dtype = torch.float64,
-                  eval_mode: Optional[bool] = None, max_parameters: int = 20000) -> Tensor:
-    """The full Hessian matrix (``P × P``, float64 by default), one product per column.
-
-    Intended for small networks and as the oracle for every estimator.
-
-    Raises:
-        ValueError: more than ``max_parameters`` parameters.
-    """
-    P = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if P > max_parameters:
-        raise ValueError(f"model: {P} parameters give a {P}×{P} Hessian; dense_hessian is for "
-                         f"small nets (max_parameters={max_parameters})")
-    return _dense_from_operator(HessianOperator(model, loss_fn, data, dtype=dtype,
-                                                eval_mode=eval_mode))
 
 
 def spectral_density(model: nn.Module, loss_fn, data, num_lanczos: int = 60, num_repeats: int = 3,
@@ -407,7 +236,9 @@ def spectral_density(model: nn.Module, loss_fn, data, num_lanczos: int = 60, num
     """
     with quiet_torch_func():
         from curvlinops.papyan2020traces.spectrum import (
-            fast_lanczos, lanczos_approximate_spectrum_from_iter)
+            fast_lanczos,
+            lanczos_approximate_spectrum_from_iter,
+        )
 
     check_positive(num_lanczos, "num_lanczos", integer=True)
     check_positive(num_repeats, "num_repeats", integer=True)
@@ -437,8 +268,6 @@ def input_hessian_top_eigenvalues(model: nn.Module, loss_fn, data,
     Returns:
         A tensor of ``N`` values; average it for the paper's figure.
     """
-    from torch.func import functional_call, hessian, vmap
-
     batches = materialize(data)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
@@ -456,3 +285,85 @@ def input_hessian_top_eigenvalues(model: nn.Module, loss_fn, data,
             d = X[0].numel()
             out.append(torch.linalg.eigvalsh(Hs.reshape(-1, d, d).double())[:, -1])
     return torch.cat(out)
+
+
+def block_top_eigenvalues(model: nn.Module, loss_fn, data, block: slice, k: int = 1,
+                          tol: float = 1e-6, seed: int = 0, return_eigenvectors: bool = False,
+                          operator=None):
+    r"""The ``k`` largest eigenvalues of a diagonal block :math:`H_{bb}` of the Hessian.
+
+    :math:`H_{bb}` is the Hessian with respect to the parameters in ``block`` (a slice of the
+    flat vector, e.g. from :func:`parameter_slices`), the others held fixed; α-scale multiplies
+    the block of layer :math:`k` by :math:`\alpha_k^{-2}`. Lanczos (SciPy's ``eigsh``) on
+    products :math:`H_{bb}x = (H\,[0; x; 0])_b`.
+
+    Args:
+        model, loss_fn, data: as for :class:`flatness.operators.HessianOperator`.
+        block: a ``slice`` of the flat parameter vector.
+        k: number of eigenvalues (``1 ≤ k < block size``).
+        tol: ARPACK's relative tolerance.
+        seed: seeds the start vector.
+        return_eigenvectors: also return the unit eigenvectors (``block size × k``, NumPy).
+        operator: an existing :class:`~flatness.operators.HessianOperator` of the model.
+
+    Returns:
+        The eigenvalues, descending (and the eigenvectors as columns).
+    """
+    H = operator or HessianOperator(model, loss_fn, data)
+    P = H.shape[0]
+    if not isinstance(block, slice) or block.step not in (None, 1):
+        raise ValueError(f"block: expected a contiguous slice, got {block!r}")
+    start, stop, _ = block.indices(P)
+    n = stop - start
+    if not isinstance(k, int) or not 1 <= k < n:
+        raise ValueError(f"k: expected an integer in [1, {n - 1}] for a block of {n} "
+                         f"parameters, got {k!r}")
+
+    def matvec(x):
+        v = torch.zeros(P, dtype=H.dtype, device=H.device)
+        v[start:stop] = torch.as_tensor(np.asarray(x).reshape(-1), dtype=H.dtype)
+        return (H @ v)[start:stop].double().cpu().numpy()
+
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    A = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    vals, vecs = eigsh(A, k=k, which="LA", tol=tol, v0=v0)
+    order = np.argsort(vals)[::-1]
+    return (vals[order], vecs[:, order]) if return_eigenvectors else vals[order]
+
+
+class SharpnessTracker:
+    r"""A :func:`flatness.training.train` callback that records :math:`\lambda_{\max}` of the
+    full training loss during training.
+
+    It records at the start (epoch 0), after every ``every``-th epoch and after the last epoch,
+    as ``[epoch, λ_max]`` pairs under ``history["lambda_max"]``; each value is the top Hessian
+    eigenvalue of the cross-entropy on ``train_data``, in eval mode, to relative accuracy
+    ``tol``.
+
+    Args:
+        train_data: the ``(X, y)`` training pair.
+        every: record every that many epochs (a positive integer).
+        loss_fn: the loss (default ``nn.CrossEntropyLoss()``, the loss :func:`train` minimizes).
+        tol: relative accuracy of each λ_max.
+    """
+
+    def __init__(self, train_data, every: int, loss_fn=None, tol: float = 1e-3):
+        check_positive(every, "every", integer=True)
+        self.data, self.every, self.tol = train_data, every, tol
+        self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+
+    def _record(self, epoch: int, model: nn.Module, history: dict) -> None:
+        res = top_eigenvalues(model, self.loss_fn, self.data, k=1, tol=self.tol, eval_mode=True)
+        history.setdefault("lambda_max", []).append([epoch, float(res.eigenvalues[0])])
+
+    def start(self, model: nn.Module, history: dict) -> None:
+        history["lambda_max"] = []
+        self._record(0, model, history)
+
+    def __call__(self, epoch: int, model: nn.Module, history: dict) -> None:
+        if epoch % self.every == 0:
+            self._record(epoch, model, history)
+
+    def end(self, epoch: int, model: nn.Module, history: dict) -> None:
+        if not history["lambda_max"] or history["lambda_max"][-1][0] != epoch:
+            self._record(epoch, model, history)

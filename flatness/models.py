@@ -1,17 +1,16 @@
 """Small rectified networks for the book's experiments.
 
 Every model ends in a linear layer and uses only positively homogeneous activations
-(ReLU by default), so that the α-scale symmetry of :mod:`flatlib.transforms` applies.
+(ReLU by default), so that the α-scale symmetry of :mod:`flatness.symmetries` applies.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
 
-__all__ = ["mlp", "cnn1d", "from_spec", "num_parameters", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "mlp", "cnn1d", "from_spec", "num_parameters"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh,
                "sigmoid": nn.Sigmoid, "gelu": nn.GELU}

@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .noise import loglog_fit
+from .stats import loglog_fit
 
-__all__ = ["use_book_style", "loglog_slope", "annotate_slope", "PALETTE"]
+__all__ = ["PALETTE", "use_book_style", "loglog_slope", "annotate_slope"]
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 
@@ -27,7 +27,7 @@ def use_book_style() -> None:
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (:func:`flatlib.noise.loglog_fit`).
+    """Least-squares slope of ``log y`` against ``log x`` (:func:`flatness.stats.loglog_fit`).
 
     >>> round(loglog_slope([1, 2, 4], [3, 12, 48]), 6)
     2.0

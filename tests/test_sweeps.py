@@ -1,4 +1,4 @@
-"""Tests of flatlib.batchsize: sweeps, warm starts, the stability bound, summaries, statistics."""
+"""Tests of flatness.sweeps and flatness.stats: sweeps, warm starts, the stability bound, summaries, statistics."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import oracle_hessian
 from torch import nn
 
-from flatlib.batchsize import (batch_sweep, by_batch, compare_groups, flatness_summary,
-                               scaled_lr, sharpness_key, stability_threshold, warm_start)
-from flatlib.sharpness import keskar_sharpness
-from flatlib.training import TrainConfig
-from oracles import oracle_hessian
+from flatness.sharpness import keskar_sharpness
+from flatness.stability import stability_threshold
+from flatness.stats import by_batch, compare_groups
+from flatness.sweeps import batch_sweep, flatness_summary, scaled_lr, sharpness_key, warm_start
+from flatness.training import TrainConfig
 
 BASE = TrainConfig(model={"name": "mlp", "input_dim": 4, "widths": [3], "num_classes": 3},
                    data={"name": "mnist1d"}, lr=0.1, target_train_acc=0.99, max_epochs=100)

@@ -1,4 +1,4 @@
-"""Tests of flatlib.bayes: the Laplace evidence against closed forms and dense oracles."""
+"""Tests of flatness.evidence: the Laplace evidence against closed forms and dense oracles."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from flatlib import bayes
-from flatlib.data import Split
+from flatness import data, evidence, krylov
+from flatness.data import Split
 
 
 def _regression(N=25, d=4, sigma=0.5, seed=0):
@@ -45,10 +45,10 @@ def _logistic(N=40, d=3, seed=1):
 def test_linear_regression_evidence_matches_closed_form(lam):
     sigma = 0.5
     X, y = _regression(sigma=sigma)
-    loss = bayes.GaussianNLLLoss(sigma)
-    fit = bayes.fit_map(_linear(X.shape[1]), loss, (X, y), lam)
+    loss = evidence.GaussianNLLLoss(sigma)
+    fit = evidence.fit_map(_linear(X.shape[1]), loss, (X, y), lam)
     assert fit.converged
-    ev = bayes.laplace_log_evidence(fit.model, loss, (X, y), lam, method="exact")
+    ev = evidence.laplace_log_evidence(fit.model, loss, (X, y), lam, method="exact")
     assert ev.method == "exact" and ev.stderr == 0.0
     assert ev.log_evidence == pytest.approx(_closed_form_log_evidence(X, y, sigma, lam), abs=1e-8)
     # the decomposition: ln evidence = −C(ω₀) + ln Occam, C = NLL + penalty
@@ -60,8 +60,8 @@ def test_linear_regression_evidence_matches_closed_form(lam):
 def test_map_matches_ridge_solution_and_objective():
     sigma, lam = 0.5, 2.0
     X, y = _regression(sigma=sigma)
-    loss = bayes.GaussianNLLLoss(sigma)
-    fit = bayes.fit_map(_linear(X.shape[1]), loss, (X, y), lam)
+    loss = evidence.GaussianNLLLoss(sigma)
+    fit = evidence.fit_map(_linear(X.shape[1]), loss, (X, y), lam)
     A = X.T @ X / sigma ** 2 + lam * torch.eye(X.shape[1], dtype=torch.float64)
     w = torch.linalg.solve(A, X.T @ y / sigma ** 2)
     assert torch.allclose(fit.model[0].weight.detach().reshape(-1), w, atol=1e-8)
@@ -70,7 +70,7 @@ def test_map_matches_ridge_solution_and_objective():
               + X.shape[0] * 0.5 * math.log(2 * math.pi * sigma ** 2)
               + lam / 2 * (w ** 2).sum())
     assert fit.objective == pytest.approx(C, abs=1e-9)
-    assert bayes.map_objective(fit.model, loss, (X, y), lam) == pytest.approx(C, abs=1e-9)
+    assert evidence.map_objective(fit.model, loss, (X, y), lam) == pytest.approx(C, abs=1e-9)
 
 
 def test_hessian_is_summed_loss_hessian_plus_prior():
@@ -79,8 +79,8 @@ def test_hessian_is_summed_loss_hessian_plus_prior():
     lam = 0.5
     loss = nn.BCEWithLogitsLoss()
     net = nn.Sequential(nn.Linear(3, 1, bias=False), nn.Flatten(0))
-    fit = bayes.fit_map(net, loss, (X, y), lam)
-    ev = bayes.laplace_log_evidence(fit.model, loss, (X, y), lam, method="exact")
+    fit = evidence.fit_map(net, loss, (X, y), lam)
+    ev = evidence.laplace_log_evidence(fit.model, loss, (X, y), lam, method="exact")
     Xd = X.double()
     p = torch.sigmoid(Xd @ fit.model[0].weight.detach().reshape(-1))
     H = Xd.T @ (Xd * (p * (1 - p))[:, None]) + lam * torch.eye(3, dtype=torch.float64)
@@ -94,8 +94,8 @@ def test_model_and_inputs_are_not_changed():
     net = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
     net.train()
     before = [p.detach().clone() for p in net.parameters()]
-    fit = bayes.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), 1.0)
-    bayes.laplace_log_evidence(fit.model, nn.BCEWithLogitsLoss(), (X, y), 1.0)
+    fit = evidence.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), 1.0)
+    evidence.laplace_log_evidence(fit.model, nn.BCEWithLogitsLoss(), (X, y), 1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert net.training and next(net.parameters()).dtype == torch.float32
     assert fit.model is not net and not fit.model.training
@@ -120,28 +120,28 @@ def test_slq_quadrature_is_exact_with_a_full_lanczos_basis():
         starts[-1].append(v.clone())
         return A @ v
 
-    est = bayes.stochastic_logdet(matvec, dim=60, num_probes=3, num_lanczos=60, seed=0)
+    est = krylov.stochastic_logdet(matvec, dim=60, num_probes=3, num_lanczos=60, seed=0)
     for value, vs in zip(est.per_probe, starts):
         q = vs[0]
         assert value == pytest.approx(60 * float(q @ logA @ q), rel=1e-8)
     # a diagonal matrix: every Rademacher probe gives the exact log-determinant
     D = torch.diag(ev)
-    assert bayes.stochastic_logdet(D, num_probes=2, num_lanczos=60).value == pytest.approx(
+    assert krylov.stochastic_logdet(D, num_probes=2, num_lanczos=60).value == pytest.approx(
         float(ev.log().sum()), abs=1e-8)
 
 
 def test_slq_logdet_against_slogdet():
     A, _, _ = _spd()
     exact = float(torch.linalg.slogdet(A).logabsdet)
-    est = bayes.stochastic_logdet(A, num_probes=40, num_lanczos=25, seed=1)
+    est = krylov.stochastic_logdet(A, num_probes=40, num_lanczos=25, seed=1)
     assert abs(est.value - exact) < 4 * est.stderr
     assert est.stderr < 0.1 * abs(exact)
     assert est.products == 40 * 25
     assert est.ritz_min >= 0.01 - 1e-9 and est.ritz_max <= 1000 + 1e-6
     # a callable operator and an array give the same numbers
-    same = bayes.stochastic_logdet(lambda v: A @ v, dim=60, num_probes=40, num_lanczos=25, seed=1)
+    same = krylov.stochastic_logdet(lambda v: A @ v, dim=60, num_probes=40, num_lanczos=25, seed=1)
     assert same.value == pytest.approx(est.value, rel=1e-12)
-    arr = bayes.stochastic_logdet(A.numpy(), num_probes=40, num_lanczos=25, seed=1)
+    arr = krylov.stochastic_logdet(A.numpy(), num_probes=40, num_lanczos=25, seed=1)
     assert arr.value == pytest.approx(est.value, rel=1e-12)
 
 
@@ -151,9 +151,9 @@ def test_slq_evidence_against_exact_on_a_small_net():
     # tanh, not ReLU: a smooth objective, so L-BFGS reaches a true minimum
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1), nn.Flatten(0))
     loss = nn.BCEWithLogitsLoss()
-    fit = bayes.fit_map(net, loss, (X, y), 1.0)
-    exact = bayes.laplace_log_evidence(fit.model, loss, (X, y), 1.0, method="exact")
-    est = bayes.laplace_log_evidence(fit.model, loss, (X, y), 1.0, method="slq", num_probes=30,
+    fit = evidence.fit_map(net, loss, (X, y), 1.0)
+    exact = evidence.laplace_log_evidence(fit.model, loss, (X, y), 1.0, method="exact")
+    est = evidence.laplace_log_evidence(fit.model, loss, (X, y), 1.0, method="slq", num_probes=30,
                                      num_lanczos=15, seed=3)
     assert est.method == "slq" and est.stderr > 0
     assert abs(est.log_evidence - exact.log_evidence) < 4 * est.stderr
@@ -167,36 +167,36 @@ def test_linear_reparametrization_with_carried_prior_is_exact():
     sigma, lam = 0.5, 1.0
     X, y = _regression(sigma=sigma, d=3)
     D = torch.tensor([0.1, 1.0, 20.0], dtype=torch.float64)
-    loss = bayes.GaussianNLLLoss(sigma)
-    base = bayes.laplace_log_evidence(bayes.fit_map(_linear(3), loss, (X, y), lam).model, loss,
+    loss = evidence.GaussianNLLLoss(sigma)
+    base = evidence.laplace_log_evidence(evidence.fit_map(_linear(3), loss, (X, y), lam).model, loss,
                                       (X, y), lam)
     prior = lam * D ** 2
-    moved = bayes.laplace_log_evidence(bayes.fit_map(_linear(3), loss, (X * D, y), prior).model,
+    moved = evidence.laplace_log_evidence(evidence.fit_map(_linear(3), loss, (X * D, y), prior).model,
                                        loss, (X * D, y), prior)
     assert moved.log_evidence == pytest.approx(base.log_evidence, abs=1e-8)
     assert base.log_evidence == pytest.approx(_closed_form_log_evidence(X, y, sigma, lam), abs=1e-8)
     # an isotropic prior on η is a different prior on ω: a different evidence
-    other = bayes.laplace_log_evidence(bayes.fit_map(_linear(3), loss, (X * D, y), lam).model,
+    other = evidence.laplace_log_evidence(evidence.fit_map(_linear(3), loss, (X * D, y), lam).model,
                                        loss, (X * D, y), lam)
     assert abs(other.log_evidence - base.log_evidence) > 0.1
 
 
 def test_null_and_occam_helpers():
-    assert bayes.null_log_evidence(10, 2) == pytest.approx(10 * math.log(0.5))
-    assert bayes.log_occam_factor([2.0, 2.0], 2.0) == 0.0
+    assert evidence.null_log_evidence(10, 2) == pytest.approx(10 * math.log(0.5))
+    assert evidence.log_occam_factor([2.0, 2.0], 2.0) == 0.0
     with pytest.raises(ValueError, match="num_classes"):
-        bayes.null_log_evidence(10, 1)
+        evidence.null_log_evidence(10, 1)
     with pytest.raises(ValueError, match="num_samples"):
-        bayes.null_log_evidence(0, 2)
+        evidence.null_log_evidence(0, 2)
     with pytest.raises(ValueError, match="not positive"):
-        bayes.log_occam_factor([1.0, -1e-3], 1.0)
+        evidence.log_occam_factor([1.0, -1e-3], 1.0)
 
 
 def test_refuses_a_point_that_is_not_a_minimum():
     X, y = _logistic()
     net = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
     with pytest.raises(ValueError, match="not a minimum"):
-        bayes.laplace_log_evidence(net, nn.BCEWithLogitsLoss(), (X, y), 1.0)
+        evidence.laplace_log_evidence(net, nn.BCEWithLogitsLoss(), (X, y), 1.0)
 
 
 def test_refuses_non_positive_curvature():
@@ -216,11 +216,11 @@ def test_refuses_non_positive_curvature():
     x1 = torch.linspace(-1, 1, 10, dtype=torch.float64)
     X = torch.stack([torch.ones(10, dtype=torch.float64), x1], 1)
     y = torch.ones(10, dtype=torch.float64)
-    loss = bayes.GaussianNLLLoss(1.0)
+    loss = evidence.GaussianNLLLoss(1.0)
     with pytest.raises(ValueError, match="non-positive eigenvalue"):
-        bayes.laplace_log_evidence(Saddle(), loss, (X, y), 1.0, method="exact")
+        evidence.laplace_log_evidence(Saddle(), loss, (X, y), 1.0, method="exact")
     with pytest.raises(ValueError, match="not positive definite"):
-        bayes.laplace_log_evidence(Saddle(), loss, (X, y), 1.0, method="slq", num_lanczos=3,
+        evidence.laplace_log_evidence(Saddle(), loss, (X, y), 1.0, method="slq", num_lanczos=3,
                                    num_probes=2)
 
 
@@ -229,61 +229,61 @@ def test_refuses_bad_prior_precision(bad):
     X, y = _logistic()
     net = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
     with pytest.raises(ValueError, match="prior_precision"):
-        bayes.laplace_log_evidence(net, nn.BCEWithLogitsLoss(), (X, y), bad)
+        evidence.laplace_log_evidence(net, nn.BCEWithLogitsLoss(), (X, y), bad)
     with pytest.raises(ValueError, match="prior_precision"):
-        bayes.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), bad)
+        evidence.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), bad)
 
 
 def test_refuses_bad_options():
     X, y = _logistic()
     net = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
     with pytest.raises(ValueError, match="method"):
-        bayes.laplace_log_evidence(net, nn.BCEWithLogitsLoss(), (X, y), 1.0, method="dense")
+        evidence.laplace_log_evidence(net, nn.BCEWithLogitsLoss(), (X, y), 1.0, method="dense")
     with pytest.raises(ValueError, match="reduction"):
-        bayes.laplace_log_evidence(net, nn.BCEWithLogitsLoss(reduction="sum"), (X, y), 1.0)
+        evidence.laplace_log_evidence(net, nn.BCEWithLogitsLoss(reduction="sum"), (X, y), 1.0)
     with pytest.raises(ValueError, match="num_probes"):
-        bayes.stochastic_logdet(torch.eye(3), num_probes=0)
+        krylov.stochastic_logdet(torch.eye(3), num_probes=0)
     with pytest.raises(ValueError, match="dim"):
-        bayes.stochastic_logdet(lambda v: v)
+        krylov.stochastic_logdet(lambda v: v)
     with pytest.raises(ValueError, match="square"):
-        bayes.stochastic_logdet(torch.ones(2, 3))
+        krylov.stochastic_logdet(torch.ones(2, 3))
     with pytest.raises(TypeError, match="operator"):
-        bayes.stochastic_logdet("matrix")
+        krylov.stochastic_logdet("matrix")
     with pytest.raises(ValueError, match="sigma"):
-        bayes.GaussianNLLLoss(0.0)
+        evidence.GaussianNLLLoss(0.0)
     with pytest.raises(ValueError, match="Ritz"):
-        bayes.stochastic_logdet(torch.diag(torch.tensor([1.0, -1.0])), num_lanczos=2)
+        krylov.stochastic_logdet(torch.diag(torch.tensor([1.0, -1.0])), num_lanczos=2)
 
 
 def test_two_class_split_and_random_features():
     s = Split(torch.randn(40, 5), torch.arange(40) % 4, torch.randn(20, 5), torch.arange(20) % 4, 4)
-    b = bayes.two_class_split(s, (3, 1))
+    b = data.two_class_split(s, (3, 1))
     assert len(b.y_train) == 20 and set(b.y_train.tolist()) == {0.0, 1.0}
     assert b.y_train.dtype == torch.float32 and b.num_classes == 2
-    r1 = bayes.two_class_split(s, (3, 1), random_labels=True, seed=5)
-    r2 = bayes.two_class_split(s, (3, 1), random_labels=True, seed=5)
+    r1 = data.two_class_split(s, (3, 1), random_labels=True, seed=5)
+    r2 = data.two_class_split(s, (3, 1), random_labels=True, seed=5)
     assert torch.equal(r1.y_train, r2.y_train) and torch.equal(r1.X_train, b.X_train)
     assert torch.equal(r1.y_test, r2.y_test)
-    f = bayes.random_relu_features(b, 7, seed=2)
+    f = data.random_relu_features(b, 7, seed=2)
     assert f.input_shape == (7,) and len(f.X_test) == len(b.X_test)
     assert torch.allclose(f.X_train.mean(0), torch.zeros(7), atol=1e-5)
-    assert torch.equal(f.X_train, bayes.random_relu_features(b, 7, seed=2).X_train)
+    assert torch.equal(f.X_train, data.random_relu_features(b, 7, seed=2).X_train)
     with pytest.raises(ValueError, match="classes"):
-        bayes.two_class_split(s, (1, 1))
+        data.two_class_split(s, (1, 1))
     with pytest.raises(ValueError, match="classes"):
-        bayes.two_class_split(s, (0, 4))
+        data.two_class_split(s, (0, 4))
     with pytest.raises(TypeError, match="split"):
-        bayes.two_class_split((s.X_train, s.y_train), (0, 1))
+        data.two_class_split((s.X_train, s.y_train), (0, 1))
     with pytest.raises(ValueError, match="width"):
-        bayes.random_relu_features(b, 0)
+        data.random_relu_features(b, 0)
 
 
 def test_gaussian_nll_matches_torch():
     out, tgt = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
     ref = nn.GaussianNLLLoss(full=True)(out, tgt, torch.full((7,), 0.3 ** 2, dtype=torch.float64))
-    assert float(bayes.GaussianNLLLoss(0.3)(out, tgt)) == pytest.approx(float(ref), rel=1e-12)
+    assert float(evidence.GaussianNLLLoss(0.3)(out, tgt)) == pytest.approx(float(ref), rel=1e-12)
     with pytest.raises(ValueError, match="shapes"):
-        bayes.GaussianNLLLoss(1.0)(torch.zeros(3), torch.zeros(3, 1))
+        evidence.GaussianNLLLoss(1.0)(torch.zeros(3), torch.zeros(3, 1))
 
 
 def test_alpha_scale_with_carried_prior_leaves_evidence_unchanged():
@@ -299,17 +299,17 @@ def test_alpha_scale_with_carried_prior_leaves_evidence_unchanged():
     net = nn.Sequential(nn.Linear(3, 1), nn.Linear(1, 1), nn.Flatten(0))
     loss = nn.BCEWithLogitsLoss()
     lam, alpha = 1.0, 4.0
-    fit = bayes.fit_map(net, loss, (X, y), lam)
+    fit = evidence.fit_map(net, loss, (X, y), lam)
     assert fit.converged
-    base = bayes.laplace_log_evidence(fit.model, loss, (X, y), lam, method="exact")
+    base = evidence.laplace_log_evidence(fit.model, loss, (X, y), lam, method="exact")
     scaled = copy.deepcopy(fit.model)
     with torch.no_grad():
         scaled[0].weight.mul_(alpha)
         scaled[0].bias.mul_(alpha)
         scaled[1].weight.div_(alpha)
-    prior = bayes.per_parameter_precision(
+    prior = evidence.per_parameter_precision(
         scaled, lam, {"0.weight": alpha ** -2, "0.bias": alpha ** -2, "1.weight": alpha ** 2})
-    moved = bayes.laplace_log_evidence(scaled, loss, (X, y), prior, method="exact")
+    moved = evidence.laplace_log_evidence(scaled, loss, (X, y), prior, method="exact")
     assert moved.log_evidence == pytest.approx(base.log_evidence, abs=1e-8)
     assert moved.log_occam_factor == pytest.approx(base.log_occam_factor, abs=1e-8)
     # ... while the log-determinant of ∇∇C moved by ln|det D⁻²| = −2 (4 − 1) ln α
@@ -317,7 +317,7 @@ def test_alpha_scale_with_carried_prior_leaves_evidence_unchanged():
     assert logdet(moved) - logdet(base) == pytest.approx(-2 * (4 - 1) * math.log(alpha), abs=1e-8)
     # with the isotropic prior the scaled point is not a minimum, and is refused
     with pytest.raises(ValueError, match="not a minimum"):
-        bayes.laplace_log_evidence(scaled, loss, (X, y), lam)
+        evidence.laplace_log_evidence(scaled, loss, (X, y), lam)
     assert isinstance(moved.prior_precision, np.ndarray) and base.prior_precision == lam
 
 
@@ -326,7 +326,7 @@ def test_relu_map_point_on_a_kink_is_reported():
     torch.manual_seed(0)
     X, y = _logistic(N=50, d=3)
     net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1), nn.Flatten(0))
-    fit = bayes.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), 1.0, max_iter=40)
+    fit = evidence.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), 1.0, max_iter=40)
     assert fit.converged == (fit.gradient_norm <= 1e-6)
     assert np.isfinite(fit.objective) and fit.iterations <= 40 * 5
 
@@ -334,9 +334,9 @@ def test_relu_map_point_on_a_kink_is_reported():
 def test_per_parameter_precision_refusals():
     net = nn.Linear(2, 1)
     with pytest.raises(ValueError, match="unknown parameter"):
-        bayes.per_parameter_precision(net, 1.0, {"weights": 2.0})
+        evidence.per_parameter_precision(net, 1.0, {"weights": 2.0})
     X, y = torch.randn(5, 2), torch.randn(5, 1)
     with pytest.raises(ValueError, match="vector of 3"):
-        bayes.map_objective(net, bayes.GaussianNLLLoss(), (X, y), [1.0, 2.0])
+        evidence.map_objective(net, evidence.GaussianNLLLoss(), (X, y), [1.0, 2.0])
     with pytest.raises(ValueError, match="positive finite"):
-        bayes.map_objective(net, bayes.GaussianNLLLoss(), (X, y), [1.0, 2.0, 0.0])
+        evidence.map_objective(net, evidence.GaussianNLLLoss(), (X, y), [1.0, 2.0, 0.0])

@@ -1,37 +1,22 @@
-r"""Krylov methods for symmetric operators given only by their products (eigenvalues and trace),
-and the exact Hessian trace of a piecewise-linear network.
-
-The Krylov functions take ``matvec``, a function returning :math:`Hv` for a vector :math:`v`,
-and count the products they spend, because for a network's Hessian one product costs about as
-much as a forward and a backward pass over the whole training set and everything else is
-negligible.
-
-* :func:`lanczos` finds the extreme eigenvalues by the Lanczos iteration with full
-  reorthogonalization (Golub & Van Loan 2013, §10.1; Parlett 1998, ch. 13) and stops as soon as
-  every wanted Ritz value meets the requested relative accuracy, judged from its Ritz residual.
-* :func:`piecewise_linear_trace` computes :math:`\operatorname{Tr} H` exactly and without
-  Hessian products for the cross-entropy loss of a piecewise-linear (ReLU) network.
-* :func:`krylov_trace` estimates :math:`\operatorname{Tr} H` by deflating a Krylov subspace
-  exactly and sampling only the rest (Meyer et al. 2021's Hutch++ idea with the low-rank part
-  taken from a Lanczos basis, in the spirit of Chen & Hallman 2023's Krylov-aware estimators).
-
-The Krylov basis is kept in float64 whatever the precision of the products.
-"""
+"""krylov."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["LanczosResult", "lanczos", "krylov_trace", "ritz_error_bounds",
-           "piecewise_linear_trace"]
+from .checks import check_positive
+
+__all__ = ["LanczosResult", "ritz_error_bounds", "lanczos", "krylov_trace", "LogDetEstimate",
+           "stochastic_logdet"]
 
 MatVec = Callable[[Tensor], Tensor]
+
 _WHICH = ("LA", "SA", "LM")
 
 
@@ -342,102 +327,128 @@ def _krylov_basis(matvec: MatVec, dim: int, m: int, v0, seed: int, device):
     return Q, total
 
 
-#: Modules under which every output is piecewise linear in each single parameter.
-_PIECEWISE_LINEAR = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
-                     torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.Flatten, torch.nn.Identity,
-                     torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.AvgPool1d,
-                     torch.nn.AvgPool2d)
+@dataclass
+class LogDetEstimate:
+    """Result of :func:`stochastic_logdet`.
+
+    Attributes:
+        value: the estimate of :math:`\\ln\\det A`.
+        stderr: its standard error over the probes (0 when every probe was exact).
+        ritz_min, ritz_max: the extreme Ritz values seen (bounds inside the spectrum).
+        products: matrix-vector products used.
+        per_probe: the estimate of each probe.
+    """
+
+    value: float
+    stderr: float
+    ritz_min: float
+    ritz_max: float
+    products: int
+    per_probe: np.ndarray = field(repr=False)
 
 
-def piecewise_linear_trace(model: torch.nn.Module, loss_fn, data, chunk: int = 32,
-                           dtype: Optional[torch.dtype] = None) -> float:
-    r"""The exact trace of the cross-entropy Hessian of a piecewise-linear network, without
-    Hessian products.
+def _as_matvec(operator, dim: Optional[int]):
+    if isinstance(operator, Tensor):
+        if operator.ndim != 2 or operator.shape[0] != operator.shape[1]:
+            raise ValueError("operator: expected a square matrix, got shape "
+                             f"{tuple(operator.shape)}")
+        A = operator.to(torch.float64)
+        return (lambda v: A @ v), A.shape[0]
+    if isinstance(operator, np.ndarray):
+        return _as_matvec(torch.from_numpy(operator), dim)
+    shape = getattr(operator, "shape", None)
+    if shape is not None and len(shape) == 2 and hasattr(operator, "__matmul__"):
+        if shape[0] != shape[1]:
+            raise ValueError(f"operator: expected a square operator, got shape {tuple(shape)}")
 
-    With :math:`H = \frac1N\sum_n J_n^\top \Lambda_n J_n + \frac1N\sum_{n,c}
-    \frac{\partial \ell_n}{\partial f_c}\nabla^2_\theta f_{nc}` (Gauss–Newton part plus
-    residual), each logit of a network built from linear layers, convolutions, ReLUs and max
-    pooling is piecewise linear in every *single* parameter, so the residual's diagonal is zero
-    and
+        def mv(v, op=operator):
+            out = op @ v.to(getattr(op, "dtype", torch.float64))
+            return torch.as_tensor(out).to(torch.float64).reshape(-1)
 
-    .. math:: \operatorname{Tr} H = \frac1N\sum_n \operatorname{Tr}(\Lambda_n J_n J_n^\top),
-              \qquad \Lambda_n = \operatorname{diag}(p_n) - p_n p_n^\top,
+        return mv, int(shape[0])
+    if callable(operator):
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim: a callable operator needs its dimension, got {dim!r}")
+        return (lambda v: torch.as_tensor(operator(v), dtype=torch.float64).reshape(-1)), dim
+    raise TypeError(f"operator: expected a square tensor, a linear operator or a callable, "
+                    f"got {type(operator).__name__}")
 
-    from the per-sample Jacobians :math:`J_n` of the logits (``torch.func``), in chunks of
-    ``chunk`` samples. The cost is about one backward pass per class over the data.
+
+def stochastic_logdet(operator, dim: Optional[int] = None, num_probes: int = 10,
+                      num_lanczos: int = 60, seed: int = 0) -> LogDetEstimate:
+    r""":math:`\ln\det A` of a symmetric positive-definite operator by stochastic Lanczos
+    quadrature (Ubaru, Chen & Saad 2017).
+
+    With Rademacher probes :math:`v` (:math:`\lVert v\rVert^2 = p`),
+    :math:`\ln\det A = \operatorname{tr}\ln A = \mathbb E[v^\top \ln(A)\, v]`, and each quadratic
+    form is the Gauss quadrature of the ``m``-step Lanczos tridiagonal matrix
+    :math:`T = Q\,\Theta\,Q^\top` started at :math:`v/\lVert v\rVert`:
+
+    .. math:: v^\top \ln(A)\, v \approx p \sum_{k=1}^{m} Q_{1k}^2 \ln\theta_k .
+
+    Lanczos runs with full reorthogonalization; when ``num_lanczos`` reaches the dimension (or
+    Lanczos finds an invariant subspace) a probe's quadrature is exact.
 
     Args:
-        model: an ``nn.Sequential`` (possibly nested) of ``Linear``, ``Conv``, ``ReLU``,
-            ``LeakyReLU``, ``Flatten``, ``Identity``, max or average pooling modules.
-        loss_fn: ``nn.CrossEntropyLoss()`` with mean reduction and no label smoothing or weights.
-        data: an ``(X, y)`` pair or an iterable of pairs.
-        chunk: samples per Jacobian batch (memory: ``chunk × classes × P`` numbers).
-        dtype: compute in this dtype on a copy (default the model's).
+        operator: a square tensor or array, a linear operator with ``shape`` and ``@`` (for
+            example a curvlinops operator), or a callable ``v -> A v`` (then ``dim`` is needed).
+        dim: the dimension, for a callable.
+        num_probes: number of random probes.
+        num_lanczos: Lanczos steps per probe (matrix-vector products per probe).
+        seed: seeds the probes.
 
     Returns:
-        :math:`\operatorname{Tr}\nabla^2 L`.
+        A :class:`LogDetEstimate`.
 
     Raises:
-        ValueError: a module that is not piecewise linear, another loss, or bad data.
+        ValueError: bad arguments, or a non-positive Ritz value (then ``A`` has a non-positive
+            eigenvalue and has no real log-determinant).
 
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
-    >>> t = piecewise_linear_trace(net, torch.nn.CrossEntropyLoss(), (X, y), dtype=torch.float64)
-    >>> from flatlib.curvature import dense_hessian
-    >>> abs(t - float(dense_hessian(net, torch.nn.CrossEntropyLoss(), (X, y)).trace())) < 1e-10
-    True
+    >>> A = torch.diag(torch.tensor([1.0, 2.0, 4.0]))
+    >>> round(stochastic_logdet(A, num_probes=2, num_lanczos=3).value, 6)  # ln 8
+    2.079442
     """
-    import copy
-
-    from torch.func import functional_call, jacrev, vmap
-
-    from ._validation import (check_labels, check_positive, check_reduction, evaluation,
-                              materialize, num_samples)
-
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Sequential):
-            continue
-        if not isinstance(m, _PIECEWISE_LINEAR) or (
-                isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
-                and m.padding_mode != "zeros"):
-            raise ValueError(f"model: module {name or type(m).__name__} ({type(m).__name__}) is "
-                             "not known to be piecewise linear in each parameter; use "
-                             "hessian_trace's estimators instead")
-    if type(loss_fn) is not torch.nn.CrossEntropyLoss or loss_fn.weight is not None \
-            or loss_fn.label_smoothing != 0:
-        raise ValueError("loss_fn: expected a plain nn.CrossEntropyLoss()")
-    check_reduction(loss_fn)
-    check_positive(chunk, "chunk", integer=True)
-    batches = materialize(data)
-    if dtype is not None:
-        model = copy.deepcopy(model).to(dtype)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
-    if not params:
-        raise ValueError("model: it has no parameters that require gradients")
-    N = num_samples(batches)
-
-    def logits(p, x):
-        return functional_call(model, {**p, **frozen}, (x.unsqueeze(0),)).squeeze(0)
-
-    total = 0.0
-    with evaluation(model), torch.no_grad():
-        for X, y in batches:
-            if dtype is not None and X.is_floating_point():
-                X = X.to(dtype)
-            for i in range(0, X.shape[0], chunk):
-                xb = X[i:i + chunk]
-                out = model(xb)
-                check_labels(out, y[i:i + chunk], loss_fn)
-                J = vmap(jacrev(logits), in_dims=(None, 0))(params, xb)
-                Jf = torch.cat([j.reshape(xb.shape[0], out.shape[1], -1) for j in J.values()], -1)
-                G = (Jf @ Jf.transpose(1, 2)).double()
-                p = torch.softmax(out.double(), 1)
-                lam = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-                total += float((lam * G).sum())
-    value = total / N
-    if not math.isfinite(value):
-        raise ValueError(f"the trace at the point measured is {value}; check the model and data")
-    return value
+    check_positive(num_probes, "num_probes", integer=True)
+    check_positive(num_lanczos, "num_lanczos", integer=True)
+    matvec, P = _as_matvec(operator, dim)
+    m_max = min(num_lanczos, P)
+    gen = torch.Generator().manual_seed(int(seed))
+    estimates, products = [], 0
+    ritz_min, ritz_max = math.inf, -math.inf
+    for _ in range(num_probes):
+        v = torch.randint(0, 2, (P,), generator=gen).to(torch.float64) * 2 - 1
+        Q = torch.zeros(P, m_max, dtype=torch.float64)
+        alpha, beta, scale = [], [], 0.0
+        q = v / v.norm()
+        for j in range(m_max):
+            Q[:, j] = q
+            w = matvec(q)
+            products += 1
+            if w.shape != (P,):
+                raise ValueError(f"operator: a product returned shape {tuple(w.shape)}, "
+                                 f"expected ({P},)")
+            a = float(w @ q)
+            alpha.append(a)
+            # full reorthogonalization (twice is enough)
+            for _ in range(2):
+                w = w - Q[:, :j + 1] @ (Q[:, :j + 1].T @ w)
+            b = float(w.norm())
+            scale = max(scale, abs(a), b)
+            if j == m_max - 1 or b <= 1e-10 * scale:
+                break
+            beta.append(b)
+            q = w / b
+        T = np.diag(alpha)
+        if beta:
+            k = len(alpha)
+            T += np.diag(beta[:k - 1], 1) + np.diag(beta[:k - 1], -1)
+        theta, S = np.linalg.eigh(T)
+        ritz_min, ritz_max = min(ritz_min, theta[0]), max(ritz_max, theta[-1])
+        if theta[0] <= 0:
+            raise ValueError(f"operator: a Ritz value is {theta[0]:.3g} ≤ 0, so the operator has "
+                             "a non-positive eigenvalue and no real log-determinant")
+        estimates.append(P * float(np.sum(S[0, :] ** 2 * np.log(theta))))
+    est = np.asarray(estimates)
+    stderr = float(est.std(ddof=1) / math.sqrt(len(est))) if len(est) > 1 else math.nan
+    return LogDetEstimate(float(est.mean()), stderr, float(ritz_min), float(ritz_max), products,
+                          est)

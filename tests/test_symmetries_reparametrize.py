@@ -1,4 +1,4 @@
-"""Tests of flatlib.transforms: every symmetry against its exact identity, every Jacobian
+"""Tests of flatness.symmetries and flatness.reparametrize: every symmetry against its exact identity, every Jacobian
 against autograd, every refusal."""
 
 import copy
@@ -9,14 +9,27 @@ import pytest
 import torch
 from torch import nn
 
-from flatlib.curvature import (dense_hessian, flat_parameters, input_hessian_top_eigenvalues,
-                               unflatten_parameters)
-from flatlib.models import cnn1d, mlp
-from flatlib.transforms import (ExponentialMap, InputAffineMap, RadialMap, WeightNorm,
-                                alpha_factors, alpha_scale, complete_factors, input_transform,
-                                parameter_hessian, parameter_scaling, parameter_slices,
-                                reparametrized_operator, reparametrized_top_eigenvalues,
-                                weight_layers)
+from flatness.curvature import input_hessian_top_eigenvalues
+from flatness.models import cnn1d, mlp
+from flatness.operators import dense_hessian
+from flatness.params import flat_parameters, parameter_slices, unflatten_parameters
+from flatness.reparametrize import (
+    ExponentialMap,
+    InputAffineMap,
+    RadialMap,
+    WeightNorm,
+    input_transform,
+    reparametrized_operator,
+    reparametrized_top_eigenvalues,
+)
+from flatness.symmetries import (
+    alpha_factors,
+    alpha_scale,
+    complete_factors,
+    parameter_hessian,
+    parameter_scaling,
+    weight_layers,
+)
 
 CE = nn.CrossEntropyLoss()
 
@@ -445,7 +458,7 @@ def test_batchnorm_scale_invariance():
 
 
 def test_block_top_eigenvalues_against_dense_and_alpha_scale(net64, data64):
-    from flatlib.transforms import block_top_eigenvalues
+    from flatness.curvature import block_top_eigenvalues
 
     H = dense_hessian(net64, CE, data64)
     sl = parameter_slices(net64)["2.weight"]

@@ -13,6 +13,7 @@ splits and subsets controlled by explicit seeds.
 from __future__ import annotations
 
 import functools
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_tensor_pair
+from .checks import check_positive, check_tensor_pair
 
-__all__ = ["Split", "mnist1d", "digits", "torchvision_dataset", "subset", "from_spec",
-           "TORCHVISION_DATASETS"]
+__all__ = ["Split", "subset", "mnist1d", "digits", "TORCHVISION_DATASETS", "torchvision_dataset",
+           "from_spec", "two_class_split", "random_relu_features"]
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def torchvision_dataset(name: str, root: str | Path, download: bool = False,
 def from_spec(spec: dict) -> Split:
     """Build a dataset from a JSON-able description such as ``{"name": "mnist1d", "seed": 42}``.
 
-    This is how :mod:`flatlib.training` keys its cache: the description, not the tensors,
+    This is how :mod:`flatness.training` keys its cache: the description, not the tensors,
     enters the hash.
     """
     spec = dict(spec)
@@ -234,3 +235,77 @@ def from_spec(spec: dict) -> Split:
     if name not in makers:
         raise ValueError(f"spec: 'name' must be one of {sorted(makers)}, got {name!r}")
     return makers[name](**spec)
+
+
+def two_class_split(split: Split, classes: Sequence[int] = (0, 1), random_labels: bool = False,
+                    seed: int = 0) -> Split:
+    r"""Keep two classes of a :class:`~flatness.data.Split`, relabelled 0 and 1 (as floats, for
+    ``nn.BCEWithLogitsLoss``).
+
+    Args:
+        split: a multi-class split (for example :func:`flatness.data.mnist1d`).
+        classes: the two labels kept; the first becomes 0, the second 1.
+        random_labels: replace the training and the test labels by independent fair coin flips
+            (seeded), as in Smith & Le's (2018) random-label experiment: the inputs then carry
+            no information about the labels, a test accuracy of 50 % and a test cross-entropy
+            of :math:`\ln 2` are the best any model can expect.
+        seed: the coin flips' seed.
+
+    >>> s = Split(torch.zeros(6, 2), torch.tensor([0, 1, 2, 1, 0, 2]), torch.zeros(3, 2),
+    ...           torch.tensor([2, 1, 0]), 3)
+    >>> b = two_class_split(s, (2, 1))
+    >>> b.y_train.tolist(), b.y_test.tolist(), b.num_classes
+    ([1.0, 0.0, 1.0, 0.0], [0.0, 1.0], 2)
+    """
+    if not isinstance(split, Split):
+        raise TypeError(f"split: expected a flatness.data.Split, got {type(split).__name__}")
+    classes = [int(c) for c in classes]
+    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c < split.num_classes
+                                                                for c in classes):
+        raise ValueError(f"classes: expected two distinct labels in [0, {split.num_classes}), "
+                         f"got {list(classes)}")
+
+    def pick(X, y):
+        keep = (y == classes[0]) | (y == classes[1])
+        return X[keep], (y[keep] == classes[1]).to(torch.float32)
+
+    Xtr, ytr = pick(*split.train)
+    Xte, yte = pick(*split.test)
+    if random_labels:
+        gen = torch.Generator().manual_seed(int(seed))
+        ytr = torch.randint(0, 2, ytr.shape, generator=gen).to(torch.float32)
+        yte = torch.randint(0, 2, yte.shape, generator=gen).to(torch.float32)
+    return Split(Xtr, ytr, Xte, yte, 2)
+
+
+def random_relu_features(split: Split, width: int, seed: int = 0) -> Split:
+    r"""Map the inputs through a fixed random ReLU layer, :math:`z = \max(0, W x + b)`,
+    :math:`W_{ij}, b_i \sim \mathcal N(0, 1/d)`, then standardize each feature with the
+    training part's statistics.
+
+    A linear model on ``width`` such features has ``width + 1`` parameters, enough to memorize
+    the random labels of up to about ``2 (width + 1)`` training points (Cover 1965).
+
+    Args:
+        split: the data; inputs are flattened.
+        width: the number of features.
+        seed: seeds the random layer.
+
+    >>> s = Split(torch.randn(5, 3), torch.zeros(5), torch.randn(2, 3), torch.zeros(2), 2)
+    >>> random_relu_features(s, 8).input_shape
+    (8,)
+    """
+    if not isinstance(split, Split):
+        raise TypeError(f"split: expected a flatness.data.Split, got {type(split).__name__}")
+    check_positive(width, "width", integer=True)
+    Xtr = split.X_train.reshape(len(split.X_train), -1).to(torch.float64)
+    Xte = split.X_test.reshape(len(split.X_test), -1).to(torch.float64)
+    d = Xtr.shape[1]
+    gen = torch.Generator().manual_seed(int(seed))
+    W = torch.randn(d, width, generator=gen, dtype=torch.float64) / math.sqrt(d)
+    b = torch.randn(width, generator=gen, dtype=torch.float64) / math.sqrt(d)
+    Ztr, Zte = torch.relu(Xtr @ W + b), torch.relu(Xte @ W + b)
+    mu, sd = Ztr.mean(0), Ztr.std(0)
+    sd[sd == 0] = 1.0
+    return Split(((Ztr - mu) / sd).float(), split.y_train, ((Zte - mu) / sd).float(),
+                 split.y_test, split.num_classes)

@@ -11,10 +11,17 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from ._validation import check_labels, evaluation, iter_batches, materialize, quiet_torch_func
+from .checks import (
+    check_labels,
+    evaluation,
+    iter_batches,
+    materialize,
+    quiet_torch_func,
+)
 
-__all__ = ["interpolate", "filter_normalized_direction", "loss_surface", "evaluate_at"]
+__all__ = ["evaluate_at", "interpolate", "filter_normalized_direction", "loss_surface"]
 
 
 def _named_params(model: nn.Module) -> Dict[str, Tensor]:
@@ -24,8 +31,6 @@ def _named_params(model: nn.Module) -> Dict[str, Tensor]:
 def evaluate_at(model: nn.Module, params: Dict[str, Tensor], data, loss_fn=None,
                 eval_mode: Optional[bool] = None):
     """Mean loss and accuracy of ``model`` with its parameters replaced by ``params``."""
-    from torch.func import functional_call
-
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     total, loss_sum, correct = 0, 0.0, 0

@@ -19,13 +19,9 @@ the same schedule (Smith, Kindermans, Ying & Le 2018).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 
-__all__ = ["noise_scale", "batch_size_for_noise", "peak_location", "loglog_fit", "PowerLawFit"]
+__all__ = ["noise_scale", "batch_size_for_noise"]
 
 
 def _positive_array(value, name: str) -> np.ndarray:
@@ -118,92 +114,3 @@ def batch_size_for_noise(g, lr, n_train, momentum=0.0, approximate: bool = False
     return _result(np.round(B, 12))
 
 
-def peak_location(x: Sequence[float], y: Sequence[float], log: bool = True,
-                  window: int = 3) -> float:
-    r"""Where a curve sampled at ``x`` peaks: the vertex of a least-squares parabola through the
-    best point and its neighbours (``window`` points, in :math:`\ln x` when ``log``).
-
-    The window is centred on the best point and shifted to stay inside the grid; the vertex is
-    clipped to the window. When the best point is at an end of the grid, that end is returned
-    (the peak may lie outside the grid).
-
-    Args:
-        x: increasing sample positions (positive when ``log``).
-        y: the values (for example test accuracy at each batch size).
-        log: fit in :math:`\ln x` (for batch sizes on a geometric grid).
-        window: the number of points the parabola is fitted to (odd, at least 3); a wider window
-            smooths a noisy or flat-topped curve.
-
-    Returns:
-        The estimated position of the maximum.
-
-    >>> round(peak_location([1, 2, 4, 8, 16], [0.1, 0.5, 0.9, 0.5, 0.1]), 6)  # symmetric in ln x
-    4.0
-    >>> peak_location([1, 2, 4], [3.0, 2.0, 1.0])  # at the edge
-    1.0
-    """
-    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if xs.ndim != 1 or xs.shape != ys.shape or xs.size < 2:
-        raise ValueError("x, y: expected two 1-D sequences of the same length ≥ 2")
-    if not np.all(np.isfinite(xs)) or not np.all(np.isfinite(ys)):
-        raise ValueError("x, y: expected finite values")
-    if np.any(np.diff(xs) <= 0):
-        raise ValueError("x: expected strictly increasing values")
-    if log and np.any(xs <= 0):
-        raise ValueError("x: expected positive values for log=True")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 3 or window % 2 == 0:
-        raise ValueError(f"window: expected an odd integer ≥ 3, got {window!r}")
-    t = np.log(xs) if log else xs
-    i = int(np.argmax(ys))
-    if i == 0 or i == len(xs) - 1:
-        return float(xs[i])
-    w = min(window, len(xs) - (1 - len(xs) % 2))
-    lo = min(max(i - w // 2, 0), len(xs) - w)
-    sl = slice(lo, lo + w)
-    a, b, _ = np.polyfit(t[sl], ys[sl], 2)
-    vertex = t[i] if a >= 0 else -b / (2 * a)
-    vertex = float(np.clip(vertex, t[sl][0], t[sl][-1]))
-    return float(np.exp(vertex)) if log else vertex
-
-
-@dataclass
-class PowerLawFit:
-    """Result of :func:`loglog_fit`: :math:`y \\approx c\\, x^{\\text{slope}}`.
-
-    Attributes:
-        slope: the least-squares slope of ``ln y`` on ``ln x``.
-        stderr: its standard error (``nan`` with two points).
-        intercept: ``ln c``.
-    """
-
-    slope: float
-    stderr: float
-    intercept: float
-
-
-def loglog_fit(x: Sequence[float], y: Sequence[float]) -> PowerLawFit:
-    r"""Least-squares fit of :math:`\ln y = \ln c + s \ln x`, with the slope's standard error
-    :math:`\hat\sigma / \sqrt{\sum_i (\ln x_i - \overline{\ln x})^2}`.
-
-    >>> fit = loglog_fit([1, 2, 4, 8], [3, 6, 12, 24])
-    >>> round(fit.slope, 6), round(fit.stderr, 6)
-    (1.0, 0.0)
-    """
-    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if xs.ndim != 1 or xs.shape != ys.shape or xs.size < 2:
-        raise ValueError("x, y: expected two 1-D sequences of the same length ≥ 2")
-    if np.any(~np.isfinite(xs)) or np.any(~np.isfinite(ys)) or np.any(xs <= 0) or np.any(ys <= 0):
-        raise ValueError("x, y: expected positive finite values")
-    lx, ly = np.log(xs), np.log(ys)
-    sxx = float(np.sum((lx - lx.mean()) ** 2))
-    if sxx == 0:
-        raise ValueError("x: expected at least two distinct values")
-    slope = float(np.sum((lx - lx.mean()) * (ly - ly.mean())) / sxx)
-    intercept = float(ly.mean() - slope * lx.mean())
-    n = xs.size
-    if n > 2:
-        resid = ly - (intercept + slope * lx)
-        stderr = math.sqrt(float(np.sum(resid ** 2)) / (n - 2) / sxx)
-    else:
-        stderr = math.nan
-    return PowerLawFit(slope, stderr, intercept)

@@ -1,0 +1,79 @@
+"""flatness: measure the flatness of minima, and test what it says about generalization.
+
+The modules read bottom-up, each one idea:
+
+* data and models: :mod:`~flatness.checks` (input checks, the model-mode context),
+  :mod:`~flatness.data`, :mod:`~flatness.models`;
+* training: :mod:`~flatness.training` (the training loop and its configuration),
+  :mod:`~flatness.cache` (trained models on disk);
+* the parameter vector and the Hessian: :mod:`~flatness.params` (one layout of a model's
+  parameters as a flat vector), :mod:`~flatness.operators` (the Hessian as a linear operator),
+  :mod:`~flatness.krylov` (one Lanczos iteration and what is built on it);
+* measures: :mod:`~flatness.curvature` (eigenvalues, trace, norms, density),
+  :mod:`~flatness.exact_trace`, :mod:`~flatness.sharpness`, :mod:`~flatness.landscape`,
+  :mod:`~flatness.symmetries` (α-scale), :mod:`~flatness.reparametrize`,
+  :mod:`~flatness.evidence` (Laplace evidence, Occam factor), :mod:`~flatness.noise` (SGD noise
+  scale), :mod:`~flatness.stability` (edge-of-stability bound);
+* experiments and their reading: :mod:`~flatness.sweeps`, :mod:`~flatness.stats`,
+  :mod:`~flatness.tables`, :mod:`~flatness.plotting`.
+
+Importing flatness has no side effects: no global seeds, no plotting styles. Call
+:func:`seed_everything` and :func:`flatness.plotting.use_book_style` explicitly.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+__version__ = "0.2.0"
+
+from . import (  # noqa: E402
+    cache,
+    checks,
+    curvature,
+    data,
+    evidence,
+    exact_trace,
+    krylov,
+    landscape,
+    models,
+    noise,
+    operators,
+    params,
+    plotting,
+    reparametrize,
+    sharpness,
+    stability,
+    stats,
+    sweeps,
+    symmetries,
+    training,
+)
+from .cache import load_or_train  # noqa: E402
+from .curvature import (  # noqa: E402
+    hessian_frobenius,
+    hessian_trace,
+    spectral_density,
+    top_eigenvalues,
+)
+from .landscape import interpolate  # noqa: E402
+from .operators import HessianOperator, dense_hessian  # noqa: E402
+from .sharpness import keskar_sharpness  # noqa: E402
+from .training import TrainConfig, evaluate, train  # noqa: E402
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+__all__ = ["HessianOperator", "TrainConfig", "cache", "checks", "curvature", "data", "dense_hessian",
+           "evaluate", "evidence", "exact_trace", "hessian_frobenius", "hessian_trace", "interpolate",
+           "keskar_sharpness", "krylov", "landscape", "load_or_train", "models", "noise", "operators",
+           "params", "plotting", "reparametrize", "seed_everything", "sharpness", "spectral_density",
+           "stability", "stats", "sweeps", "symmetries", "top_eigenvalues", "train", "training"]
