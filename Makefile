@@ -34,7 +34,7 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: help env book test unit nbval notebooks html preview lab expected clean clean-cache
+.PHONY: help env book test unit nbval notebooks html preview lab expected normalize clean clean-cache
 
 help:
 	@echo "make book        set up .venv, execute every chapter (full mode), render _build/html"
@@ -42,6 +42,7 @@ help:
 	@echo "make test        unit tests + doctests, every chapter in quick mode under nbval, quick book"
 	@echo "make lab         JupyterLab on the chapters"
 	@echo "make expected CHAPTER=chapters/NAME.ipynb  refresh the outputs nbval compares"
+	@echo "make normalize   put every chapter notebook in canonical form (stable ids, no stray outputs)"
 
 env: $(STAMP)
 
@@ -112,6 +113,9 @@ lab: $(STAMP)
 expected: $(STAMP)
 	@test -n "$(CHAPTER)" || (echo "usage: make expected CHAPTER=chapters/NAME.ipynb" && exit 2)
 	FLATNESS_QUICK=1 FLATNESS_PROGRESS=0 $(BIN)/python tools/expected_outputs.py $(CHAPTER)
+
+normalize: $(STAMP)
+	$(BIN)/python tools/normalize_notebooks.py $(CHAPTERS)
 
 clean:
 	rm -rf _build

@@ -4,7 +4,7 @@
   ``mnist1d`` package's ``make_dataset`` (its download path is never used).
 * :func:`digits` wraps scikit-learn's 8×8 digits.
 * :func:`torchvision_dataset` reads MNIST, FashionMNIST or CIFAR-10 from a local ``root``
-  in the datasets' own file formats (``download=True`` fetches them where a network exists).
+  in the datasets' own file formats, with torchvision's readers; it never downloads.
 
 Every function returns a :class:`Split` of float32 inputs and int64 labels, with deterministic
 splits and subsets controlled by explicit seeds.
@@ -179,61 +179,158 @@ def digits(classes: Sequence[int] | None = None, test_fraction: float = 0.25, se
 
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
+#: The files of each part, relative to ``root``, in torchvision's layout.
+_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
-def torchvision_dataset(name: str, root: str | Path, download: bool = False,
-                        n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-                        flatten: bool = False) -> Split:
-    """MNIST, FashionMNIST or CIFAR-10 through torchvision, as tensors scaled to [0, 1].
 
-    The files must already lie under ``root`` in torchvision's layout, unless
-    ``download=True`` and a network is available (the book itself never downloads).
-
-    Args:
-        name: ``"mnist"``, ``"fashionmnist"`` or ``"cifar10"`` (case and dashes ignored).
-        root: the folder holding the dataset.
-        download: let torchvision fetch missing files.
-        n_train, n_test: optional deterministic subsets.
-        seed: the subsets' seed.
-        flatten: return ``(N, features)`` instead of ``(N, C, H, W)``.
-
-    Raises:
-        ValueError: an unknown name.
-        FileNotFoundError: the files are missing and ``download`` is ``False``.
-    """
-    import torchvision
-
+def _dataset_key(name) -> str:
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in TORCHVISION_DATASETS:
         raise ValueError(f"name: expected one of {sorted(TORCHVISION_DATASETS)}, got {name!r}")
-    cls = getattr(torchvision.datasets, TORCHVISION_DATASETS[key])
-    parts = []
-    for train in (True, False):
-        try:
-            ds = cls(root=str(root), train=train, download=download)
-        except RuntimeError as err:  # torchvision's "Dataset not found" error
-            raise FileNotFoundError(
-                f"root: no {TORCHVISION_DATASETS[key]} files under {root!s} ({err}); pass "
-                "download=True where a network is available") from err
-        data = ds.data
-        X = torch.as_tensor(np.asarray(data)).float() / 255.0
-        X = X.permute(0, 3, 1, 2) if X.ndim == 4 else X.unsqueeze(1)  # to (N, C, H, W)
-        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
-        parts.append((X.reshape(len(X), -1) if flatten else X.contiguous(), y))
-    split = Split(*parts[0], *parts[1], 10)
+    return key
+
+
+def _part_files(key: str, root: Path, part: str) -> list:
+    if key == "cifar10":
+        return [root / "cifar-10-batches-py" / f for f in _CIFAR_FILES[part]]
+    return [root / TORCHVISION_DATASETS[key] / "raw" / f for f in _MNIST_FILES[part]]
+
+
+def _read_part(key: str, root: Path, part: str, verify: bool = True) -> Tuple[Tensor, Tensor]:
+    """One part (``"train"`` or ``"test"``) as uint8 images ``(N, C, H, W)`` and int64 labels,
+    read from the datasets' own files (IDX for the MNIST family, pickled batches for CIFAR-10)."""
+    import torchvision  # noqa: F401  (the readers and checksums below are torchvision's)
+    from torchvision.datasets.utils import check_integrity
+
+    files = _part_files(key, root, part)
+    if key == "cifar10":
+        import pickle
+
+        from torchvision.datasets import CIFAR10
+
+        sums = dict(CIFAR10.train_list + CIFAR10.test_list)
+        images, labels = [], []
+        for path in files:
+            if verify and not check_integrity(str(path), sums[path.name]):
+                raise ValueError(f"root: {path} does not match the CIFAR-10 checksum; the file is "
+                                 "damaged or not CIFAR-10's")
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch["labels"] if "labels" in batch else batch["fine_labels"])
+        X = torch.from_numpy(np.concatenate(images))
+        y = torch.as_tensor(labels, dtype=torch.int64)
+    else:
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        X = read_image_file(str(files[0])).unsqueeze(1)
+        y = read_label_file(str(files[1])).to(torch.int64)
+    if len(X) != len(y):
+        raise ValueError(f"root: the {part} images and labels under {root} differ in number "
+                         f"({len(X)} vs {len(y)})")
+    return X, y
+
+
+def torchvision_dataset(name: str, root: str | Path, n_train: int | None = None,
+                        n_test: int | None = None, seed: int = 0, flatten: bool = False,
+                        normalize: bool = False, test_fraction: float | None = None,
+                        verify: bool = True) -> Split:
+    r"""MNIST, FashionMNIST or CIFAR-10 from files a reader already has, as float32 tensors.
+
+    The files must lie under ``root`` in torchvision's layout, uncompressed:
+    ``root/MNIST/raw/train-images-idx3-ubyte`` (and ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``; ``FashionMNIST`` likewise), or
+    ``root/cifar-10-batches-py/data_batch_1`` … ``data_batch_5`` and ``test_batch``. They are read
+    with torchvision's IDX readers and checksums; nothing is ever downloaded (fetch the files
+    once with ``torchvision.datasets.MNIST(root, download=True)`` where a network exists).
+
+    A reader who has only the training files passes ``test_fraction``: a seeded, stratified
+    share of the training part is held out as the test part.
+
+    Args:
+        name: ``"mnist"``, ``"fashionmnist"`` or ``"cifar10"`` (case, dashes and underscores
+            ignored).
+        root: the folder holding the dataset.
+        n_train, n_test: optional deterministic subsets (taken after the split).
+        seed: the subsets' and the held-out split's seed.
+        flatten: return ``(N, features)`` instead of ``(N, C, H, W)``.
+        normalize: subtract each channel's mean and divide by its standard deviation, both
+            computed on the training part only (otherwise pixels are scaled to [0, 1]).
+        test_fraction: hold this share of the training files out as the test part instead of
+            reading the test files.
+        verify: check CIFAR-10 files against their published MD5 sums (the MNIST family's
+            IDX headers are checked by torchvision's reader).
+
+    Returns:
+        A :class:`Split` with 10 classes.
+
+    Raises:
+        ValueError: an unknown name, a bad ``test_fraction``, files that fail their checksum.
+        FileNotFoundError: files of a needed part are missing; the message lists them.
+    """
+    key = _dataset_key(name)
+    root = Path(root)
+    if test_fraction is not None and not (isinstance(test_fraction, (int, float))
+                                          and 0 < test_fraction < 1):
+        raise ValueError(f"test_fraction: expected None or a number in (0, 1), got {test_fraction!r}")
+    needed = ("train",) if test_fraction is not None else ("train", "test")
+    missing = [p for part in needed for p in _part_files(key, root, part) if not p.exists()]
+    if missing:
+        hint = ("" if test_fraction is not None or any(
+            not p.exists() for p in _part_files(key, root, "train"))
+            else "; with the training files alone, pass test_fraction to hold out a test part")
+        raise FileNotFoundError(
+            f"root: missing {TORCHVISION_DATASETS[key]} files: " + ", ".join(map(str, missing))
+            + hint + " (the book never downloads; see running.md)")
+    Xtr, ytr = _read_part(key, root, "train", verify)
+    if test_fraction is None:
+        Xte, yte = _read_part(key, root, "test", verify)
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        test_idx = []
+        for c in torch.unique(ytr):  # stratified: the same share of every class
+            idx = torch.nonzero(ytr == c).squeeze(1)
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            test_idx.append(idx[:max(1, int(round(test_fraction * len(idx))))])
+        test_idx = torch.cat(test_idx).sort().values
+        keep = torch.ones(len(ytr), dtype=torch.bool)
+        keep[test_idx] = False
+        Xtr, ytr, Xte, yte = Xtr[keep], ytr[keep], Xtr[test_idx], ytr[test_idx]
+    Xtr, Xte = Xtr.float() / 255.0, Xte.float() / 255.0
+    if normalize:
+        mean = Xtr.mean(dim=(0, 2, 3), keepdim=True)
+        std = Xtr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
+        Xtr, Xte = (Xtr - mean) / std, (Xte - mean) / std
+    if flatten:
+        Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+    split = Split(Xtr.contiguous(), ytr, Xte.contiguous(), yte, 10)
     return _limit(split, n_train, n_test, seed)
 
 
 def from_spec(spec: dict) -> Split:
     """Build a dataset from a JSON-able description such as ``{"name": "mnist1d", "seed": 42}``.
 
-    This is how :mod:`flatness.training` keys its cache: the description, not the tensors,
-    enters the hash.
+    Names: ``"mnist1d"`` (:func:`mnist1d`), ``"digits"`` (:func:`digits`), and ``"mnist"``,
+    ``"fashionmnist"``, ``"cifar10"`` with a ``"root"`` (:func:`torchvision_dataset`); the other
+    keys are the maker's keyword arguments. This is how :mod:`flatness.cache` keys its files: the
+    description, not the tensors, enters the hash (a torchvision dataset's ``root`` is part of
+    it).
+
+    >>> from_spec({"name": "mnist1d", "n_train": 100, "n_test": 50})
+    Split(train=(100, 40), test=(50, 40), num_classes=10)
     """
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec: expected a dict, got {type(spec).__name__}")
     spec = dict(spec)
     name = spec.pop("name", None)
-    makers = {"mnist1d": mnist1d, "digits": digits, "torchvision": torchvision_dataset}
+    makers = {"mnist1d": mnist1d, "digits": digits}
+    if isinstance(name, str) and name.lower().replace("-", "").replace("_", "") in TORCHVISION_DATASETS:
+        return torchvision_dataset(name, **spec)
     if name not in makers:
-        raise ValueError(f"spec: 'name' must be one of {sorted(makers)}, got {name!r}")
+        raise ValueError(f"spec: 'name' must be one of {sorted(makers) + sorted(TORCHVISION_DATASETS)}, "
+                         f"got {name!r}")
     return makers[name](**spec)
 
 

@@ -38,3 +38,28 @@ def test_committed_chapters_store_only_verdicts():
         assert any(c.outputs for c in marked), f"{path.name}: claim cell has no stored output"
         tags = nb.cells[[c.cell_type for c in nb.cells].index("code")].metadata.get("tags", [])
         assert "parameters" in tags, f"{path.name}: first code cell is not tagged 'parameters'"
+
+
+def test_normalize_gives_stable_ids_and_keeps_given_ones():
+    from tools.normalize_notebooks import normalize
+
+    nb = _notebook()
+    nb.cells[0]["id"] = "02-05"
+    nb.cells[1]["id"] = "3f9a0c1e"          # a random id as Jupyter makes them
+    nb.cells[2]["id"] = "02-05"             # a duplicate
+    normalize(nb, "02")
+    assert [c["id"] for c in nb.cells] == ["02-05", "02-00", "02-01"]
+    again = nbformat.from_dict(nb)
+    normalize(again, "02")
+    assert [c["id"] for c in again.cells] == ["02-05", "02-00", "02-01"]
+    nbformat.validate(nb)
+
+
+def test_committed_chapters_are_in_canonical_form():
+    import pathlib
+
+    from tools.normalize_notebooks import canonical_text
+
+    for path in sorted(pathlib.Path(__file__).parent.parent.glob("chapters/*.ipynb")):
+        assert path.read_text() == canonical_text(path), \
+            f"{path.name} is not in canonical form: run `make normalize`"

@@ -55,7 +55,9 @@ def refresh(path: Path) -> None:
                                    cwd=str(path.parent), kernel_name="python3",
                                    progress_bar=False)
         executed = nbformat.read(out, as_version=4)
-    nbformat.write(strip_outputs(nb, executed), path)
+    from tools.normalize_notebooks import id_prefix, normalize
+
+    path.write_text(nbformat.writes(normalize(strip_outputs(nb, executed), id_prefix(path))) + "\n")
 
 
 if __name__ == "__main__":
