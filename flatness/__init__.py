@@ -50,6 +50,7 @@ from . import (  # noqa: E402
     stats,
     sweeps,
     symmetries,
+    tables,
     training,
 )
 from .cache import load_or_train  # noqa: E402
@@ -76,4 +77,4 @@ __all__ = ["HessianOperator", "TrainConfig", "cache", "checks", "curvature", "da
            "evaluate", "evidence", "exact_trace", "hessian_frobenius", "hessian_trace", "interpolate",
            "keskar_sharpness", "krylov", "landscape", "load_or_train", "models", "noise", "operators",
            "params", "plotting", "reparametrize", "seed_everything", "sharpness", "spectral_density",
-           "stability", "stats", "sweeps", "symmetries", "top_eigenvalues", "train", "training"]
+           "stability", "stats", "sweeps", "symmetries", "tables", "top_eigenvalues", "train", "training"]
