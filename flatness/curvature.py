@@ -4,11 +4,14 @@ The loss is the mean over the *whole* dataset,
 
 .. math:: L(\theta) = \frac{1}{N}\sum_{i=1}^N \ell(f_\theta(x_i), y_i),
 
-so when ``data`` comes in batches each batch's mean loss is weighted by ``n_b / N``.
+so when ``data`` comes in batches each batch's mean loss is weighted by its share of the
+loss's normalizer (``n_b / N`` for a per-sample mean; see
+:class:`~flatness.operators.HessianOperator` for class weights and ``ignore_index``).
 
-:class:`HessianOperator` multiplies :math:`\nabla^2 L` onto vectors. It is a curvlinops
-``PyTorchLinearOperator`` (so curvlinops' trace, Frobenius and spectral-density estimators run on
-it) and exports to SciPy for ``eigsh``. A product is a double backward through a gradient graph
+:class:`HessianOperator` multiplies :math:`\nabla^2 L` onto vectors. It has the interface
+curvlinops' public trace and Frobenius estimators use (``shape``, ``dtype``, ``device``, ``@``)
+and exports to SciPy for ``eigsh``. Eigenvalues (also of a diagonal block), the Krylov trace
+and the spectral density all run on the one Lanczos routine of :mod:`flatness.krylov`. A product is a double backward through a gradient graph
 built once and kept (``retain=True``, the default), which avoids re-running the forward pass for
 every product; ``retain=False`` rebuilds it per batch for data that do not fit in memory.
 
@@ -19,16 +22,18 @@ model's parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import warnings
 from typing import Optional
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from torch import Tensor, nn
 from torch.func import functional_call, hessian, vmap
 
 from .checks import (
+    check_finite,
     check_labels,
     check_positive,
     check_reduction,
@@ -37,8 +42,15 @@ from .checks import (
     quiet_torch_func,
 )
 from .exact_trace import piecewise_linear_trace
-from .krylov import krylov_trace, lanczos
-from .operators import HessianOperator, _dense_from_operator
+from .krylov import (
+    EigenResult,
+    krylov_trace,
+    lanczos,
+    random_vector,
+    ritz_error_estimates,
+    slq_quadrature,
+)
+from .operators import BlockOperator, HessianOperator, _dense_from_operator
 
 with quiet_torch_func():  # curvlinops imports linear_operator, which calls torch.jit.script
     from curvlinops import (
@@ -54,31 +66,6 @@ __all__ = ["EigenResult", "top_eigenvalues", "hessian_trace", "hessian_frobenius
            "SharpnessTracker"]
 
 
-@dataclass
-class EigenResult:
-    """Result of :func:`top_eigenvalues`.
-
-    Attributes:
-        eigenvalues: the eigenvalues, descending (NumPy array).
-        eigenvectors: matching unit eigenvectors as columns (``P × k``), or ``None``.
-        products: Hessian-vector products used.
-        converged: whether the solver met its tolerance.
-    """
-
-    eigenvalues: np.ndarray
-    eigenvectors: Optional[np.ndarray]
-    products: int
-    converged: bool
-
-    @property
-    def lambda_max(self) -> float:
-        return float(self.eigenvalues[0])
-
-
-def _start_vector(P: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(P)
-
-
 def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e-6,
                     maxiter: Optional[int] = None, ncv: Optional[int] = None, seed: int = 0,
                     which: str = "LA", return_eigenvectors: bool = False,
@@ -91,8 +78,9 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
     (:func:`flatness.krylov.lanczos`), which stops as soon as every wanted eigenvalue meets the
     relative accuracy ``tol`` (estimated from its Ritz residual), so a loose ``tol`` costs few
     products: 8 to 11 for λ_max to ``1e-3`` on the networks of ``benchmarks/curvature.py``.
-    ``method="eigsh"`` uses
-    SciPy's implicitly restarted Lanczos (ARPACK) instead.
+    For ``k ≥ 2`` it confirms the values by a restart orthogonal to the Krylov basis, which
+    finds repeated eigenvalues. ``method="eigsh"`` uses SciPy's implicitly restarted Lanczos
+    (ARPACK) instead, as a reference.
 
     Args:
         model, loss_fn, data: the network, a mean-reduced loss and the dataset.
@@ -100,9 +88,9 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
         tol: relative accuracy of the eigenvalues (ARPACK's ``tol`` for ``"eigsh"``).
         maxiter: product budget for ``"lanczos"`` (default ``min(P, max(200, 20k))``);
             ARPACK's restart limit for ``"eigsh"``.
-        ncv: Lanczos basis size for ``"eigsh"`` (default ``min(P, max(2k + 1, 20))``); unused
-            by ``"lanczos"``, whose basis grows until it converges.
-        seed: seeds the start vector.
+        ncv: Lanczos basis size for ``"eigsh"``; unused by ``"lanczos"``, whose basis grows
+            until it converges.
+        seed: seeds the start vector (:func:`flatness.krylov.random_vector`).
         which: ``"LA"`` (largest algebraic, default), ``"LM"`` (largest magnitude) or ``"SA"``.
         return_eigenvectors: also return the eigenvectors.
         dtype: compute in this dtype on a copy.
@@ -111,11 +99,13 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
         method: ``"lanczos"`` (default) or ``"eigsh"``.
 
     Returns:
-        An :class:`EigenResult`.
+        An :class:`~flatness.krylov.EigenResult` (eigenvalues descending for ``"LA"``), with
+        error estimates from the residuals.
 
     Raises:
-        ValueError: ``k`` not in ``[1, P)``, an unknown ``method`` or ``which``, and every error
-            of :class:`HessianOperator`.
+        ValueError: ``k`` not in ``[1, P)``, an unknown ``method`` or ``which``, a ``maxiter``
+            within which ARPACK converged no eigenvalue, and every error of
+            :class:`HessianOperator`.
     """
     if method not in ("lanczos", "eigsh"):
         raise ValueError(f"method: expected 'lanczos' or 'eigsh', got {method!r}")
@@ -123,32 +113,38 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
         raise ValueError(f"which: expected 'LA', 'LM' or 'SA', got {which!r}")
     H = operator or HessianOperator(model, loss_fn, data, dtype=dtype, eval_mode=eval_mode)
     P = H.shape[0]
-    if not isinstance(k, int) or not 1 <= k < P:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < P:
         raise ValueError(f"k: expected an integer in [1, {P - 1}], got {k!r}")
-    start = H.products
     if method == "lanczos":
         budget = min(P, max(200, 20 * k)) if maxiter is None else maxiter
+        return lanczos(H, k=k, tol=tol, which=which, max_products=budget, seed=seed,
+                       return_eigenvectors=return_eigenvectors)
+    return _eigsh(H, k, tol, which, maxiter, ncv, seed, return_eigenvectors)
 
-        def matvec(v: Tensor) -> Tensor:
-            return H._matmat([v.to(device=H.device, dtype=H.dtype).unsqueeze(1)])[0][:, 0]
 
-        res = lanczos(matvec, P, k=k, tol=tol, which=which, max_products=budget,
-                      v0=torch.from_numpy(_start_vector(P, seed)),
-                      return_eigenvectors=return_eigenvectors)
-        vals, vecs, converged = res.eigenvalues, res.eigenvectors, res.converged
-    else:
-        A = H.to_scipy(dtype=np.float64)
-        converged = True
-        try:
-            vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv,
-                               v0=_start_vector(P, seed))
-        except ArpackNoConvergence as err:
-            converged = False
-            vals, vecs = err.eigenvalues, err.eigenvectors
-    order = np.argsort(vals)[::-1]
-    return EigenResult(np.asarray(vals)[order],
-                       np.asarray(vecs)[:, order] if return_eigenvectors else None,
-                       H.products - start, converged)
+def _eigsh(H, k, tol, which, maxiter, ncv, seed, return_eigenvectors) -> EigenResult:
+    """ARPACK on the operator, with residuals from ``k`` more products."""
+    P = H.shape[0]
+    start = H.products
+    converged = True
+    try:
+        vals, vecs = eigsh(H.to_scipy(dtype=np.float64), k=k, which=which, tol=tol,
+                           maxiter=maxiter, ncv=ncv, v0=random_vector(P, seed).numpy())
+    except ArpackNoConvergence as err:
+        converged = False
+        vals, vecs = err.eigenvalues, err.eigenvectors
+        if len(vals) == 0:
+            raise ValueError(f"maxiter: ARPACK converged none of the k={k} eigenvalues within "
+                             f"maxiter={maxiter} restarts; raise maxiter") from err
+    vals, vecs = np.asarray(vals, dtype=float), np.asarray(vecs, dtype=float)
+    order = np.argsort(-np.abs(vals) if which == "LM" else vals if which == "SA" else -vals,
+                       kind="stable")
+    vals, vecs = vals[order], vecs[:, order]
+    V = torch.from_numpy(np.ascontiguousarray(vecs))
+    residuals = torch.linalg.vector_norm(H @ V - V * torch.from_numpy(vals), dim=0).numpy()
+    return EigenResult(vals, vecs if return_eigenvectors else None,
+                       ritz_error_estimates(vals, residuals), residuals, H.products - start,
+                       converged, "eigsh")
 
 
 def hessian_trace(model: nn.Module, loss_fn, data, num_matvecs: int = 30,
@@ -194,10 +190,7 @@ def hessian_trace(model: nn.Module, loss_fn, data, num_matvecs: int = 30,
     fn, multiple = methods[method]
     m = max(multiple, num_matvecs - num_matvecs % multiple)
     if method == "krylov":
-        def matvec(v: Tensor) -> Tensor:
-            return H._matmat([v.to(device=H.device, dtype=H.dtype).unsqueeze(1)])[0][:, 0]
-
-        return krylov_trace(matvec, P, max(2, num_matvecs), seed=seed)
+        return krylov_trace(H, num_matvecs=max(2, num_matvecs), seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return float(fn(H, m))
@@ -226,36 +219,74 @@ def spectral_density(model: nn.Module, loss_fn, data, num_lanczos: int = 60, num
                      operator: Optional[HessianOperator] = None):
     r"""The Hessian's spectral density by stochastic Lanczos quadrature (Papyan 2020).
 
-    Runs ``num_repeats`` Lanczos iterations of ``num_lanczos`` steps from random unit vectors
-    (curvlinops' ``fast_lanczos``), takes the spectral boundaries from their extreme Ritz values
-    (so no separate eigen-solve is needed), and averages curvlinops' Gaussian-smoothed quadrature
-    densities. Total cost: ``num_lanczos × num_repeats`` Hessian-vector products.
+    Each of ``num_repeats`` Lanczos runs of ``m = num_lanczos`` steps from a random unit vector
+    (:func:`flatness.krylov.slq_quadrature`, Gaussian probes, full reorthogonalization) gives
+    nodes :math:`\theta_j` and weights :math:`w_j = S_{1j}^2` (summing to one) with
+    :math:`q^\top f(H) q \approx \sum_j w_j f(\theta_j)`. The spectrum is mapped onto
+    :math:`[-1, 1]` from :math:`[\lambda_- - \mu, \lambda_+ + \mu]`, where
+    :math:`\lambda_\pm` are the extreme nodes of all runs and :math:`\mu` is ``margin`` times
+    their distance, and each node becomes a Gaussian of width
+    :math:`\sigma = 2 / ((m - 1)\sqrt{8\ln\kappa})` there (Papyan 2020's choice: neighbouring
+    nodes of a resolution ``2/(m-1)`` overlap at height :math:`1/\kappa`):
+
+    .. math:: \hat\phi(t) = \frac{1}{R}\sum_{r=1}^{R}\sum_j w^{(r)}_j\,
+              \frac{1}{d}\,\mathcal N\!\Bigl(\frac{t - c}{d};\ \frac{\theta^{(r)}_j - c}{d},
+              \sigma^2\Bigr),
+
+    with :math:`c, d` the centre and half-width of the padded interval. It integrates to one
+    over the real line (less the Gaussian tails beyond the grid), and its mean is
+    :math:`\frac1R\sum_r q_r^\top H q_r`, an unbiased estimate of :math:`\operatorname{tr}H/P`.
+    Total cost: ``num_lanczos × num_repeats`` Hessian-vector products.
+
+    Args:
+        model, loss_fn, data: as for :class:`HessianOperator`.
+        num_lanczos: Lanczos steps per run (at most ``P - 1``, at least 2).
+        num_repeats: number of runs :math:`R`.
+        num_points: grid points (at least 2).
+        kappa: the overlap parameter :math:`\kappa > 1`.
+        margin: the relative padding of the grid (non-negative).
+        seed: seeds the start vectors.
+        dtype, eval_mode, operator: as for :func:`top_eigenvalues`.
 
     Returns:
-        ``(grid, density)`` NumPy arrays; the density integrates to about one over the grid.
-    """
-    with quiet_torch_func():
-        from curvlinops.papyan2020traces.spectrum import (
-            fast_lanczos,
-            lanczos_approximate_spectrum_from_iter,
-        )
+        ``(grid, density)`` NumPy arrays.
 
+    Raises:
+        ValueError: bad ``num_lanczos``, ``num_repeats``, ``num_points``, ``kappa`` or
+            ``margin``, and every error of :class:`HessianOperator`.
+    """
     check_positive(num_lanczos, "num_lanczos", integer=True)
     check_positive(num_repeats, "num_repeats", integer=True)
+    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
+        raise ValueError(f"num_points: expected an integer ≥ 2, got {num_points!r}")
+    if not (isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa > 1):
+        raise ValueError(f"kappa: expected a number > 1 (the Gaussian width is "
+                         f"2/((m-1)√(8 ln κ))), got {kappa!r}")
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin: expected a non-negative number, got {margin!r}")
     H = operator or HessianOperator(model, loss_fn, data, dtype=dtype, eval_mode=eval_mode)
-    num_lanczos = max(2, min(num_lanczos, H.shape[0] - 1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        runs = [fast_lanczos(H, num_lanczos) for _ in range(num_repeats)]
-    low = min(float(ev.min()) for ev, _ in runs)
-    high = max(float(ev.max()) for ev, _ in runs)
+    m = max(2, min(num_lanczos, H.shape[0] - 1))
+    nodes, weights, _, _ = slq_quadrature(H, m, num_repeats, seed=seed, distribution="gaussian")
+    return _smoothed_density(nodes, weights, m, num_points, kappa, margin)
+
+
+def _smoothed_density(nodes, weights, m: int, num_points: int, kappa: float, margin: float):
+    """Gaussian-smoothed quadrature density on a grid (see :func:`spectral_density`)."""
+    low = min(float(t.min()) for t in nodes)
+    high = max(float(t.max()) for t in nodes)
     if high - low <= 1e-12 * max(1.0, abs(high)):
         low, high = low - 0.5, high + 0.5
-    density = 0.0
-    for run in runs:
-        grid, d = lanczos_approximate_spectrum_from_iter(run, (low, high), num_points, kappa, margin)
-        density = density + d / num_repeats
-    return np.asarray(grid.cpu(), dtype=float), np.asarray(density.cpu(), dtype=float)
+    pad = margin * (high - low)
+    low, high = low - pad, high + pad
+    c, d = (high + low) / 2, (high - low) / 2
+    grid_norm = np.linspace(-1.0, 1.0, num_points)
+    sigma = 2.0 / (m - 1) / math.sqrt(8.0 * math.log(kappa))
+    density = np.zeros(num_points)
+    for theta, w in zip(nodes, weights):
+        z = (grid_norm[None, :] - ((theta - c) / d)[:, None]) / sigma
+        bumps = np.exp(-0.5 * z ** 2) / (sigma * math.sqrt(2 * math.pi))
+        density += (w[:, None] * bumps).sum(0) / d
+    return np.linspace(low, high, num_points), density / len(nodes)
 
 
 def input_hessian_top_eigenvalues(model: nn.Module, loss_fn, data,
@@ -273,15 +304,21 @@ def input_hessian_top_eigenvalues(model: nn.Module, loss_fn, data,
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     check_reduction(loss_fn)
     out = []
-    with evaluation(model, eval_mode), quiet_torch_func():
+    with torch.enable_grad(), evaluation(model, eval_mode), quiet_torch_func():
         for X, y in batches:
             check_labels(model(X[:1]).detach(), y, loss_fn)
+            with torch.no_grad():
+                check_finite(float(loss_fn(model(X), y)))
 
             def single(x, t):
                 logits = functional_call(model, (params, buffers), (x.unsqueeze(0),))
                 return loss_fn(logits, t.unsqueeze(0))
 
             Hs = vmap(hessian(single), in_dims=(0, 0))(X, y)
+            bad = (~torch.isfinite(Hs.reshape(Hs.shape[0], -1))).any(1)
+            if bool(bad.any()):
+                raise ValueError(f"data: the input Hessian of sample {int(bad.nonzero()[0])} of "
+                                 "a batch is not finite (check the inputs and the model)")
             d = X[0].numel()
             out.append(torch.linalg.eigvalsh(Hs.reshape(-1, d, d).double())[:, -1])
     return torch.cat(out)
@@ -289,46 +326,58 @@ def input_hessian_top_eigenvalues(model: nn.Module, loss_fn, data,
 
 def block_top_eigenvalues(model: nn.Module, loss_fn, data, block: slice, k: int = 1,
                           tol: float = 1e-6, seed: int = 0, return_eigenvectors: bool = False,
-                          operator=None):
+                          operator=None, max_products: Optional[int] = None,
+                          return_result: bool = False):
     r"""The ``k`` largest eigenvalues of a diagonal block :math:`H_{bb}` of the Hessian.
 
-    :math:`H_{bb}` is the Hessian with respect to the parameters in ``block`` (a slice of the
-    flat vector, e.g. from :func:`parameter_slices`), the others held fixed; α-scale multiplies
-    the block of layer :math:`k` by :math:`\alpha_k^{-2}`. Lanczos (SciPy's ``eigsh``) on
-    products :math:`H_{bb}x = (H\,[0; x; 0])_b`.
+    :math:`H_{bb} = R_b H R_b^\top` is the Hessian with respect to the parameters in ``block``
+    (a slice of the flat vector, e.g. from :func:`parameter_slices`), the others held fixed;
+    α-scale multiplies the block of layer :math:`k` by :math:`\alpha_k^{-2}`. The operator is
+    :class:`~flatness.operators.BlockOperator` (one product of ``H`` per product, embedding by
+    zeros and restricting), solved by :func:`flatness.krylov.lanczos`.
 
     Args:
         model, loss_fn, data: as for :class:`flatness.operators.HessianOperator`.
         block: a ``slice`` of the flat parameter vector.
         k: number of eigenvalues (``1 ≤ k < block size``).
-        tol: ARPACK's relative tolerance.
+        tol: relative accuracy of the eigenvalues.
         seed: seeds the start vector.
         return_eigenvectors: also return the unit eigenvectors (``block size × k``, NumPy).
         operator: an existing :class:`~flatness.operators.HessianOperator` of the model.
+        max_products: product budget (default ``min(n, max(200, 20 k))``).
+        return_result: return the :class:`~flatness.krylov.EigenResult` itself.
 
     Returns:
-        The eigenvalues, descending (and the eigenvectors as columns).
+        The eigenvalues, descending (and the eigenvectors as columns), or the
+        :class:`~flatness.krylov.EigenResult` with ``return_result=True``. A result that did
+        not converge within the budget warns (``RuntimeWarning``).
+
+    Raises:
+        ValueError: ``block`` is not a contiguous slice, ``k`` out of range.
     """
     H = operator or HessianOperator(model, loss_fn, data)
-    P = H.shape[0]
     if not isinstance(block, slice) or block.step not in (None, 1):
         raise ValueError(f"block: expected a contiguous slice, got {block!r}")
-    start, stop, _ = block.indices(P)
+    start, stop, _ = block.indices(H.shape[0])
     n = stop - start
-    if not isinstance(k, int) or not 1 <= k < n:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < n:
         raise ValueError(f"k: expected an integer in [1, {n - 1}] for a block of {n} "
                          f"parameters, got {k!r}")
+    budget = min(n, max(200, 20 * k)) if max_products is None else max_products
+    res = lanczos(BlockOperator(H, block), k=k, tol=tol, seed=seed, max_products=budget,
+                  return_eigenvectors=return_eigenvectors)
+    return _eigen_output(res, return_eigenvectors, return_result)
 
-    def matvec(x):
-        v = torch.zeros(P, dtype=H.dtype, device=H.device)
-        v[start:stop] = torch.as_tensor(np.asarray(x).reshape(-1), dtype=H.dtype)
-        return (H @ v)[start:stop].double().cpu().numpy()
 
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    A = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-    vals, vecs = eigsh(A, k=k, which="LA", tol=tol, v0=v0)
-    order = np.argsort(vals)[::-1]
-    return (vals[order], vecs[:, order]) if return_eigenvectors else vals[order]
+def _eigen_output(res: EigenResult, return_eigenvectors: bool, return_result: bool):
+    """The array (or ``(values, vectors)``) view of a result, warning if it did not converge."""
+    if not res.converged:
+        warnings.warn(f"the eigenvalues did not converge within {res.products} products "
+                      f"(error estimates {res.error_estimates}); raise max_products",
+                      RuntimeWarning, stacklevel=3)
+    if return_result:
+        return res
+    return (res.eigenvalues, res.eigenvectors) if return_eigenvectors else res.eigenvalues
 
 
 class SharpnessTracker:
