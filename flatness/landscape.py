@@ -1,7 +1,9 @@
 r"""Loss landscapes: 1-D interpolation between two minima and 2-D filter-normalized surfaces.
 
-Every function evaluates the network functionally (``torch.func.functional_call``) at the
-requested points, in eval mode, so the model passed in is never perturbed.
+Every function evaluates the network functionally (``torch.func.functional_call``, through
+:func:`flatness.training.evaluate`) at points of the flat vector of its trainable parameters
+(:class:`flatness.params.ParameterLayout`), in eval mode, so the model passed in is never
+perturbed.
 """
 
 from __future__ import annotations
@@ -11,37 +13,38 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from .checks import (
-    check_labels,
-    evaluation,
-    iter_batches,
-    materialize,
-    quiet_torch_func,
-)
+from .checks import check_positive, materialize, quiet_torch_func
+from .params import ParameterLayout
+from .training import evaluate
 
 __all__ = ["evaluate_at", "interpolate", "filter_normalized_direction", "loss_surface"]
 
 
-def _named_params(model: nn.Module) -> Dict[str, Tensor]:
-    return {k: v.detach() for k, v in model.named_parameters()}
-
-
 def evaluate_at(model: nn.Module, params: Dict[str, Tensor], data, loss_fn=None,
                 eval_mode: Optional[bool] = None):
-    """Mean loss and accuracy of ``model`` with its parameters replaced by ``params``."""
-    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    total, loss_sum, correct = 0, 0.0, 0
-    with evaluation(model, eval_mode), torch.no_grad(), quiet_torch_func():
-        for X, y in iter_batches(data, 4096):
-            out = functional_call(model, ({**params, **buffers}), (X,))
-            check_labels(out, y, loss_fn)
-            loss_sum += float(loss_fn(out, y)) * X.shape[0]
-            correct += int((out.argmax(1) == y).sum()) if out.ndim == 2 else 0
-            total += X.shape[0]
-    return loss_sum / total, correct / total
+    """Mean loss and accuracy of ``model`` with its parameters replaced by ``params``.
+
+    This is :func:`flatness.training.evaluate` with ``params`` (the same loss and the same
+    accuracy rule: argmax of ``C ≥ 2`` logits, or logit > 0 for a one-logit head), evaluated by
+    ``torch.func.functional_call``; the model is not changed, and its buffers are used.
+
+    Args:
+        model: the network.
+        params: tensors keyed as in ``model.named_parameters()`` (those not given keep the
+            model's values).
+        data: an ``(X, y)`` pair or a DataLoader.
+        loss_fn: a mean-reduced loss (default cross-entropy).
+        eval_mode: see :func:`flatness.checks.evaluation`.
+
+    Returns:
+        ``(loss, accuracy)``.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params: expected a dict of tensors keyed like the model's parameters, "
+                        f"got {type(params).__name__}")
+    with quiet_torch_func():
+        return evaluate(model, data, loss_fn, eval_mode=eval_mode, params=params)
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, alphas: Sequence[float], data,
@@ -57,19 +60,25 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alphas: Sequence[float],
         data: an ``(X, y)`` pair or a DataLoader.
         loss_fn: a mean-reduced loss (default cross-entropy).
 
+    Only the trainable parameters are interpolated (:class:`flatness.params.ParameterLayout`);
+    frozen parameters and buffers are ``model_a``'s. Neither model is changed.
+
     Returns:
         ``{"alpha", "loss", "accuracy"}`` arrays.
 
     Raises:
-        ValueError: the two models have different parameter names or shapes.
+        ValueError: the two models have different trainable parameter names or shapes.
     """
-    pa, pb = _named_params(model_a), _named_params(model_b)
-    if pa.keys() != pb.keys() or any(pa[k].shape != pb[k].shape for k in pa):
-        raise ValueError("model_a, model_b: expected two networks of the same architecture")
+    layout, other = ParameterLayout(model_a), ParameterLayout(model_b)
+    if layout.names != other.names or layout.shapes != other.shapes:
+        raise ValueError("model_a, model_b: expected two networks of the same architecture "
+                         "(the same trainable parameter names and shapes)")
+    alphas = [float(a) for a in np.asarray(alphas, dtype=float).reshape(-1)]
     materialize(data)
+    va, vb = layout.to_vector(model_a, "model_a"), layout.to_vector(model_b, "model_b").to(layout.device)
     losses, accs = [], []
     for a in alphas:
-        point = {k: (1 - a) * pa[k] + a * pb[k] for k in pa}
+        point = layout.to_dict((1 - a) * va + a * vb)
         loss, acc = evaluate_at(model_a, point, data, loss_fn, eval_mode)
         losses.append(loss)
         accs.append(acc)
@@ -90,14 +99,19 @@ def filter_normalized_direction(model: nn.Module, seed: int = 0, bias: str = "ze
             ``"scaled"`` (each bias entry scaled to its own magnitude).
 
     Returns:
-        A direction as a dict of tensors keyed like ``model.named_parameters()``.
+        A direction as a dict of tensors keyed like the model's trainable parameters (the
+        names of :class:`flatness.params.ParameterLayout`), on the model's device. The draw is
+        made on the CPU, so it does not depend on the device.
     """
     if bias not in ("zero", "scaled"):
         raise ValueError(f"bias: expected 'zero' or 'scaled', got {bias!r}")
+    layout = ParameterLayout(model)
+    params = dict(model.named_parameters())
     g = torch.Generator().manual_seed(seed)
     direction = {}
-    for name, p in model.named_parameters():
-        d = torch.randn(p.shape, generator=g, dtype=p.dtype)
+    for name in layout.names:
+        p = params[name]
+        d = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
         if p.ndim <= 1:
             d = torch.zeros_like(p) if bias == "zero" else d / d.abs().clamp_min(1e-12) * p.detach().abs()
         else:
@@ -108,6 +122,17 @@ def filter_normalized_direction(model: nn.Module, seed: int = 0, bias: str = "ze
     return direction
 
 
+def _direction_vector(layout: ParameterLayout, direction) -> Tensor:
+    """A direction (dict of tensors or flat vector) as a flat vector, checked against ``layout``."""
+    if isinstance(direction, Tensor):
+        layout.check_vector(direction, "directions")
+        return direction.detach()
+    if not isinstance(direction, dict):
+        raise TypeError(f"directions: expected dicts of tensors keyed like the model's trainable "
+                         f"parameters (or flat vectors), got {type(direction).__name__}")
+    return layout.to_vector(direction, "directions")
+
+
 def loss_surface(model: nn.Module, data, loss_fn=None, directions=None, span: float = 1.0,
                  steps: int = 21, seed: int = 0, eval_mode: Optional[bool] = None
                  ) -> Dict[str, np.ndarray]:
@@ -116,23 +141,42 @@ def loss_surface(model: nn.Module, data, loss_fn=None, directions=None, span: fl
     Args:
         model: the network at the centre.
         data: the dataset.
-        directions: two directions (dicts as from :func:`filter_normalized_direction`); by
-            default two filter-normalized Gaussian directions seeded by ``seed`` and ``seed+1``.
+        loss_fn: a mean-reduced loss (default cross-entropy).
+        directions: two directions (dicts as from :func:`filter_normalized_direction`, or flat
+            vectors); by default two filter-normalized Gaussian directions seeded by ``seed``
+            and ``seed+1``.
         span: half-width ``s`` of the grid.
         steps: grid points per axis.
+        seed: seeds the default directions.
+        eval_mode: see :func:`flatness.checks.evaluation`.
+
+    Only the trainable parameters move; the model is not changed.
 
     Returns:
         ``{"a", "b", "loss", "accuracy"}``; ``loss[i, j]`` is at ``(a[i], b[j])``.
+
+    Raises:
+        ValueError: ``directions`` not two dicts keyed and shaped like the model's trainable
+            parameters (or two flat vectors of their total size), ``span ≤ 0``, ``steps`` not
+            a positive integer.
+        TypeError: a direction that is neither a dict nor a tensor.
     """
+    check_positive(span, "span")
+    check_positive(steps, "steps", integer=True)
+    layout = ParameterLayout(model)
     if directions is None:
         directions = (filter_normalized_direction(model, seed), filter_normalized_direction(model, seed + 1))
-    d1, d2 = directions
-    base = _named_params(model)
+    if not isinstance(directions, (tuple, list)) or len(directions) != 2:
+        size = f" of length {len(directions)}" if isinstance(directions, (tuple, list)) else ""
+        raise ValueError("directions: expected a pair (d1, d2) of directions, got "
+                         f"{type(directions).__name__}{size}")
+    base = layout.to_vector(model, "model")
+    d1, d2 = (_direction_vector(layout, d).to(device=base.device, dtype=base.dtype) for d in directions)
     grid = np.linspace(-span, span, steps)
     loss = np.zeros((steps, steps))
     acc = np.zeros((steps, steps))
     for i, a in enumerate(grid):
         for j, b in enumerate(grid):
-            point = {k: base[k] + a * d1[k] + b * d2[k] for k in base}
+            point = layout.to_dict(base + a * d1 + b * d2)
             loss[i, j], acc[i, j] = evaluate_at(model, point, data, loss_fn, eval_mode)
     return {"a": grid, "b": grid.copy(), "loss": loss, "accuracy": acc}

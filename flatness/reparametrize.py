@@ -13,25 +13,17 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from .checks import (
-    check_labels,
-    check_reduction,
-    evaluation,
-    materialize,
-    num_samples,
-    quiet_torch_func,
-    trainable_parameters,
-)
-from .operators import HessianOperator
-from .params import flat_parameters, unflatten_parameters
+from .checks import check_reduction
+from .krylov import lanczos
+from .operators import FunctionOperator, HessianOperator, PullbackOperator
+from .params import ParameterLayout, flat_parameters, mean_loss
 from .symmetries import WEIGHT_LAYERS, _positive_float
 
 __all__ = ["RadialMap", "ExponentialMap", "WeightNorm", "InputAffineMap", "input_transform",
@@ -226,7 +218,7 @@ class WeightNorm:
 
     >>> net = torch.nn.Linear(3, 2)
     >>> wn = WeightNorm(net)
-    >>> theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).double()
+    >>> theta = flat_parameters(net).double()
     >>> eta = wn.from_weights(theta, radius=5.0)
     >>> bool(torch.allclose(wn.to_weights(eta), theta))
     True
@@ -236,20 +228,20 @@ class WeightNorm:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         weights = {id(m.weight) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)}
+        params = dict(model.named_parameters())
+        layout = ParameterLayout(model)
         self.blocks = []  # (kind, theta slice, eta slice, rows)
-        t_off = e_off = 0
-        for p in trainable_parameters(model):
-            n = p.numel()
-            if id(p) in weights:
-                rows = p.shape[0]
-                self.blocks.append(("weight", slice(t_off, t_off + n),
-                                    slice(e_off, e_off + rows + n), rows))
+        e_off = 0
+        for name, shape in zip(layout.names, layout.shapes):
+            ts, n = layout.slices[name], shape.numel()
+            if id(params[name]) in weights:
+                rows = shape[0]
+                self.blocks.append(("weight", ts, slice(e_off, e_off + rows + n), rows))
                 e_off += rows + n
             else:
-                self.blocks.append(("copy", slice(t_off, t_off + n), slice(e_off, e_off + n), 0))
+                self.blocks.append(("copy", ts, slice(e_off, e_off + n), 0))
                 e_off += n
-            t_off += n
-        self.theta_dim, self.dim = t_off, e_off
+        self.theta_dim, self.dim = layout.numel, e_off
 
     def _split(self, eta: Tensor, block):
         _, ts, es, rows = block
@@ -442,48 +434,54 @@ def input_transform(model: nn.Module, transform: InputAffineMap) -> nn.Module:
 def reparametrized_top_eigenvalues(model: nn.Module, loss_fn, data, reparam, eta: Tensor,
                                    k: int = 1, tol: float = 1e-6, seed: int = 0,
                                    operator=None, exact: bool = False,
-                                   eval_mode: Optional[bool] = None) -> np.ndarray:
+                                   eval_mode: Optional[bool] = None,
+                                   max_products: Optional[int] = None,
+                                   return_result: bool = False):
     r"""The ``k`` largest eigenvalues of the Hessian in the coordinates :math:`\eta`
-    (:func:`reparametrized_operator`; Lanczos, SciPy's ``eigsh``), descending.
+    (:func:`reparametrized_operator`, solved by :func:`flatness.krylov.lanczos`), descending.
 
     Args:
         k: number of eigenvalues (``1 ≤ k < dim η``).
-        tol: ARPACK's relative tolerance.
+        tol: relative accuracy of the eigenvalues.
         seed: seeds the start vector.
         exact: include the gradient term (default: :math:`J_g^\top H J_g`).
+        max_products: product budget (default ``min(dim η, max(200, 20 k))``).
+        return_result: return the :class:`~flatness.krylov.EigenResult` itself.
         Others: as for :func:`reparametrized_operator`.
+
+    Returns:
+        A NumPy array of the eigenvalues, or the :class:`~flatness.krylov.EigenResult`. A
+        result that did not converge within the budget warns (``RuntimeWarning``).
+
+    Raises:
+        ValueError: ``k`` out of range, and every error of :func:`reparametrized_operator`.
     """
     A, _ = reparametrized_operator(model, loss_fn, data, reparam, eta, operator, exact, eval_mode)
-    if not isinstance(k, int) or not 1 <= k < A.shape[0]:
-        raise ValueError(f"k: expected an integer in [1, {A.shape[0] - 1}], got {k!r}")
-    v0 = np.random.default_rng(seed).standard_normal(A.shape[0])
-    vals = eigsh(A, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
-    return np.sort(vals)[::-1]
+    n = A.shape[0]
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < n:
+        raise ValueError(f"k: expected an integer in [1, {n - 1}], got {k!r}")
+    budget = min(n, max(200, 20 * k)) if max_products is None else max_products
+    res = lanczos(A, k=k, tol=tol, seed=seed, max_products=budget)
+    if not res.converged:
+        warnings.warn(f"the eigenvalues did not converge within {res.products} products "
+                      f"(error estimates {res.error_estimates}); raise max_products",
+                      RuntimeWarning, stacklevel=2)
+    return res if return_result else res.eigenvalues
 
 
 def _exact_reparametrized_hvp(model, loss_fn, data, reparam, eta, eval_mode):
-    """Products with the exact Hessian of η ↦ L(g(η)), from one retained gradient graph."""
+    """Products with the exact Hessian of η ↦ L(g(η)), from one retained gradient graph
+    (float64, :func:`flatness.params.mean_loss`; works inside ``torch.no_grad()``)."""
     check_reduction(loss_fn)
-    batches = materialize(data)
-    N = num_samples(batches)
-    with evaluation(model, eval_mode):
-        pass  # refuses BatchNorm/Dropout in train mode unless eval_mode=True
-    net = copy.deepcopy(model).double().eval()
-    frozen = {k: p.detach() for k, p in net.named_parameters() if not p.requires_grad}
-    buffers = {k: v.detach() for k, v in net.named_buffers()}
-    point = eta.clone().requires_grad_(True)
-    with quiet_torch_func():
-        params = unflatten_parameters(net, reparam.to_weights(point))
-        total = 0.0
-        for X, y in batches:
-            X = X.double() if X.is_floating_point() else X
-            out = functional_call(net, {**params, **frozen, **buffers}, (X,))
-            check_labels(out, y, loss_fn)
-            total = total + loss_fn(out, y) * (X.shape[0] / N)
+    with torch.enable_grad():
+        point = eta.detach().clone().to(torch.float64).requires_grad_(True)
+        theta = reparam.to_weights(point)
+        total = mean_loss(model, loss_fn, data, theta.to(torch.float64), eval_mode=eval_mode)
         (gradient,) = torch.autograd.grad(total, point, create_graph=True)
 
     def product(v: Tensor) -> Tensor:
-        (hv,) = torch.autograd.grad(gradient, point, v, retain_graph=True)
+        with torch.enable_grad():
+            (hv,) = torch.autograd.grad(gradient, point, v.to(point), retain_graph=True)
         return hv.detach()
 
     return product
@@ -491,15 +489,16 @@ def _exact_reparametrized_hvp(model, loss_fn, data, reparam, eta, eval_mode):
 
 def reparametrized_operator(model: nn.Module, loss_fn, data, reparam, eta: Tensor,
                             operator=None, exact: bool = False, eval_mode: Optional[bool] = None):
-    r"""The Hessian of :math:`\tilde L(\eta) = L(g(\eta))` as a SciPy ``LinearOperator``.
+    r"""The Hessian of :math:`\tilde L(\eta) = L(g(\eta))` as a symmetric linear operator.
 
     By the chain rule
 
     .. math:: \nabla^2_\eta \tilde L = J_g^\top\,\nabla^2_\theta L\,J_g
               + \sum_i \partial_i L\,\nabla^2 g_i .
 
-    With ``exact=False`` (default) the operator is the first term, :math:`J_g^\top H J_g`,
-    built from the map's ``jvp``/``vjp`` and a :class:`~flatness.operators.HessianOperator`;
+    With ``exact=False`` (default) the operator is the first term, :math:`J_g^\top H J_g`
+    (a :class:`~flatness.operators.PullbackOperator` of the map's ``jvp``/``vjp`` and a
+    :class:`~flatness.operators.HessianOperator`);
     it is the Hessian at a critical point. With ``exact=True`` the products are exact
     double-backward products of :math:`\tilde L` (float64), including the second term, which
     matters where the gradient is not small.
@@ -516,7 +515,9 @@ def reparametrized_operator(model: nn.Module, loss_fn, data, reparam, eta: Tenso
         eval_mode: see :func:`flatness.checks.evaluation`.
 
     Returns:
-        ``(linear_operator, hessian_operator)``; the second is ``None`` when ``exact=True``.
+        ``(operator, hessian_operator)``: a :class:`~flatness.operators.SymmetricOperator`
+        (``@`` on tensors and arrays, ``.to_scipy()``) and the Hessian operator, ``None`` when
+        ``exact=True``.
 
     Raises:
         ValueError: ``g(eta)`` is not the model's parameter vector (relative error above 1e-5).
@@ -529,18 +530,8 @@ def reparametrized_operator(model: nn.Module, loss_fn, data, reparam, eta: Tenso
     n = eta.numel()
     if exact:
         product = _exact_reparametrized_hvp(model, loss_fn, data, reparam, eta, eval_mode)
-
-        def matvec(x):
-            v = torch.as_tensor(np.asarray(x).reshape(-1), dtype=torch.float64)
-            return product(v).numpy()
-
-        return LinearOperator((n, n), matvec=matvec, dtype=np.float64), None
+        return FunctionOperator(product, n), None
 
     H = operator or HessianOperator(model, loss_fn, data, dtype=torch.float64, eval_mode=eval_mode)
-
-    def matvec(x):
-        v = torch.as_tensor(np.asarray(x).reshape(-1), dtype=torch.float64)
-        Hv = H @ reparam.jvp(eta, v).to(H.dtype)
-        return reparam.vjp(eta, Hv.double()).numpy()
-
-    return LinearOperator((n, n), matvec=matvec, dtype=np.float64), H
+    return PullbackOperator(H, lambda v: reparam.jvp(eta, v), lambda w: reparam.vjp(eta, w),
+                            n), H

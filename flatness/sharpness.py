@@ -17,7 +17,6 @@ paper, the maximum is found inexactly by a few iterations of L-BFGS-B (SciPy).
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import numpy as np
@@ -27,14 +26,12 @@ from torch import nn
 
 from .checks import (
     check_finite,
-    check_labels,
     check_positive,
     check_reduction,
     evaluation,
     materialize,
-    num_samples,
-    trainable_parameters,
 )
+from .params import ParameterLayout, loss_at
 
 __all__ = ["random_subspace", "keskar_sharpness"]
 
@@ -51,51 +48,18 @@ def random_subspace(n: int, p: int, seed: int = 0) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-class _FlatLoss:
-    """The full-data loss as a function of a flat float64 parameter vector."""
-
-    def __init__(self, model, loss_fn, batches, eval_mode):
-        self.model = copy.deepcopy(model).double()
-        self.params = trainable_parameters(self.model)
-        self.shapes = [p.shape for p in self.params]
-        self.batches = [(X.double() if X.is_floating_point() else X, y) for X, y in batches]
-        self.N = num_samples(batches)
-        self.loss_fn, self.eval_mode = loss_fn, eval_mode
-        self.x0 = torch.cat([p.detach().reshape(-1) for p in self.params]).numpy().copy()
-
-    def _load(self, x: np.ndarray) -> None:
-        with torch.no_grad():
-            offset = 0
-            t = torch.from_numpy(x)
-            for p in self.params:
-                p.copy_(t[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
-
-    def value_and_grad(self, x: np.ndarray):
-        self._load(x)
-        total = 0.0
-        for p in self.params:
-            p.grad = None
-        with evaluation(self.model, self.eval_mode):
-            for X, y in self.batches:
-                out = self.model(X)
-                loss = self.loss_fn(out, y) * (X.shape[0] / self.N)
-                loss.backward()
-                total += float(loss.detach())
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self.params]).numpy()
-        return total, grad
-
-
 def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
                      subspace_dim: Optional[int] = None, maxiter: int = 10, seed: int = 0,
                      eval_mode: Optional[bool] = None) -> float:
     r"""Keskar et al.'s sharpness :math:`\phi_{x,f}(\epsilon, A)` of the full-data loss.
 
-    The maximization runs on a float64 copy of the model (the model itself is untouched): it
-    minimizes :math:`-f(x + Ay)` with gradient :math:`-A^\top\nabla f` by L-BFGS-B within the box,
+    The loss and its gradient are evaluated in float64 by
+    :func:`flatness.params.loss_at` (``torch.func.functional_call`` on the model's device; the
+    model itself is untouched), while SciPy's L-BFGS-B works on host float64 NumPy arrays: it
+    minimizes :math:`-f(x + Ay)` with gradient :math:`-A^\top\nabla f` within the box,
     starting from a uniformly random point of the box — at an exact minimum the gradient is zero
-    and a start at the centre would return 0. The largest loss seen is kept.
+    and a start at the centre would return 0. The largest loss seen is kept. Works inside
+    ``torch.no_grad()``.
 
     Args:
         model, loss_fn, data: the network, a mean-reduced loss and the dataset.
@@ -110,8 +74,9 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
         The sharpness (a percentage: ×100 as in the paper).
 
     Raises:
-        ValueError: ``eps ≤ 0``, ``subspace_dim`` not in ``[1, n]``, a loss that is not finite,
-            empty or mis-shaped data, BatchNorm/Dropout in train mode.
+        ValueError: ``eps ≤ 0``, ``maxiter`` not a positive integer, ``subspace_dim`` not an
+            integer in ``[1, n]`` (``True`` is refused), a loss that is not finite, empty or
+            mis-shaped data, labels out of range in any batch, BatchNorm/Dropout in train mode.
 
     Example:
         >>> net = torch.nn.Linear(4, 3)
@@ -122,34 +87,45 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
     check_positive(eps, "eps")
     check_positive(maxiter, "maxiter", integer=True)
     check_reduction(loss_fn)
-    batches = materialize(data)
-    with evaluation(model, eval_mode), torch.no_grad():
-        check_labels(model(batches[0][0]), batches[0][1], loss_fn)
-    f = _FlatLoss(model, loss_fn, batches, eval_mode)
-    x = f.x0
-    n = x.size
-    if subspace_dim is not None and (not isinstance(subspace_dim, int) or not 1 <= subspace_dim <= n):
+    layout = ParameterLayout(model)
+    n = layout.numel
+    if subspace_dim is not None and (isinstance(subspace_dim, bool) or not isinstance(subspace_dim, int)
+                                     or not 1 <= subspace_dim <= n):
         raise ValueError(f"subspace_dim: expected None or an integer in [1, {n}] (the number of "
                          f"parameters), got {subspace_dim!r}")
-    f0, _ = f.value_and_grad(x)
-    check_finite(f0)
-    if subspace_dim is None:
-        A = None
-        half = eps * (np.abs(x) + 1.0)
-    else:
-        A = random_subspace(n, subspace_dim, seed)
-        half = eps * (np.abs(A.T @ x) + 1.0)
-    rng = np.random.default_rng(seed + 1)
-    y0 = rng.uniform(-half, half)
-    best = [f0]
+    device, f64 = layout.device, torch.float64
+    # every batch in float64 on the model's device, once; the first loss_at checks every batch
+    batches = [(X.to(device=device, dtype=f64) if X.is_floating_point() else X.to(device),
+                y.to(device=device, dtype=f64) if y.is_floating_point() else y.to(device))
+               for X, y in materialize(data)]
+    # host copy of the parameters: SciPy works on float64 NumPy arrays, the model on its device
+    x = layout.to_vector(model, "model").to(device="cpu", dtype=f64).numpy().copy()
 
-    def objective(y):
-        z = x + (y if A is None else A @ y)
-        value, grad = f.value_and_grad(z)
-        if np.isfinite(value):
-            best[0] = max(best[0], value)
-        return -value, -(grad if A is None else A.T @ grad)
+    def value_and_grad(z: np.ndarray):
+        value, grad = loss_at(model, loss_fn, batches, torch.from_numpy(z).to(device), grad=True,
+                              layout=layout, eval_mode=eval_mode, check=False)
+        return value, grad.cpu().numpy()
 
-    minimize(objective, y0, jac=True, method="L-BFGS-B", bounds=Bounds(-half, half),
-             options={"maxiter": maxiter})
+    with evaluation(model, eval_mode):
+        f0 = check_finite(loss_at(model, loss_fn, batches, torch.from_numpy(x).to(device),
+                                  layout=layout, eval_mode=eval_mode))
+        if subspace_dim is None:
+            A = None
+            half = eps * (np.abs(x) + 1.0)
+        else:
+            A = random_subspace(n, subspace_dim, seed)
+            half = eps * (np.abs(A.T @ x) + 1.0)
+        rng = np.random.default_rng(seed + 1)
+        y0 = rng.uniform(-half, half)
+        best = [f0]
+
+        def objective(y):
+            z = x + (y if A is None else A @ y)
+            value, grad = value_and_grad(z)
+            if np.isfinite(value):
+                best[0] = max(best[0], value)
+            return -value, -(grad if A is None else A.T @ grad)
+
+        minimize(objective, y0, jac=True, method="L-BFGS-B", bounds=Bounds(-half, half),
+                 options={"maxiter": maxiter})
     return 100.0 * (best[0] - f0) / (1.0 + f0)

@@ -4,16 +4,17 @@ import copy
 
 from torch.func import functional_call, hessian
 
-from flatness.params import flat_parameters, unflatten_parameters
+from flatness.params import ParameterLayout
 
 
 def oracle_hessian(model, loss_fn, data):
     """The full-data Hessian of the mean loss in float64 by ``torch.func.hessian``."""
     X, y = data
     model64 = copy.deepcopy(model).double()
-    flat = flat_parameters(model64)
+    layout = ParameterLayout(model64)
+    flat = layout.to_vector(model64)
 
     def f(v):
-        return loss_fn(functional_call(model64, unflatten_parameters(model64, v), (X.double(),)), y)
+        return loss_fn(functional_call(model64, layout.to_dict(v), (X.double(),)), y)
 
     return hessian(f)(flat)

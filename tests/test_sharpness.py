@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from flatness.models import mlp
 from flatness.sharpness import keskar_sharpness, random_subspace
@@ -60,27 +61,119 @@ def test_random_subspace_is_orthonormal():
 
 
 def test_start_off_centre_finds_curvature_at_exact_minimum():
-    # At an exact minimum the gradient is zero: a start at the centre would return 0.
+    # At an exact minimum the gradient is zero: a start at the centre would return 0. The
+    # maximum of ½ Σ h_i (x_i − c_i)² over the box is at a corner: 100 · ½ Σ h_i (ε(|c_i|+1))².
     model, loss = Quadratic([1.0, 2.0]), QuadLoss([1.0, 1.0], [1.0, 2.0])
-    assert keskar_sharpness(model, loss, (torch.zeros(1, 1), torch.zeros(1)), eps=1e-2) > 0
+    expected = 100 * 0.5 * ((1e-2 * 2) ** 2 + (1e-2 * 3) ** 2)
+    got = keskar_sharpness(model, loss, (torch.zeros(1, 1), torch.zeros(1)), eps=1e-2)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def _least_squares_problem():
+    """A linear model y = w·x + b under the mean squared error, away from its minimum."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(24, 3, generator=g, dtype=torch.float64)
+    t = torch.randn(24, 1, generator=g, dtype=torch.float64)
+    net = nn.Linear(3, 1).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.5, -2.0, 0.7]]))
+        net.bias.fill_(3.0)
+    return net, X, t
+
+
+def test_least_squares_maximum_is_the_gradient_sign_corner():
+    # f(θ) = |Zθ − t|²/N with Z = [X, 1] is a convex quadratic; its maximum over the box is at a
+    # corner. Where |∇f_i| > Σ_j |H_ij| half_j for every i, f is monotone in every coordinate
+    # over the whole box, so the maximum is the corner θ + sign(∇f)·half, in closed form.
+    net, X, t = _least_squares_problem()
+    eps = 1e-3
+    Z = np.hstack([X.numpy(), np.ones((24, 1))])
+    theta = np.array([1.5, -2.0, 0.7, 3.0])
+
+    def f(th):
+        return float(np.mean((Z @ th - t.numpy()[:, 0]) ** 2))
+
+    grad = 2 * Z.T @ (Z @ theta - t.numpy()[:, 0]) / 24
+    H = 2 * Z.T @ Z / 24
+    half = eps * (np.abs(theta) + 1)
+    assert np.all(np.abs(grad) > np.abs(H) @ half)  # the monotonicity condition holds
+    corners = [theta + (2 * np.array(s) - 1) * half for s in np.ndindex(2, 2, 2, 2)]
+    best = max(f(c) for c in corners)
+    assert best == f(theta + np.sign(grad) * half)
+    expected = 100 * (best - f(theta)) / (1 + f(theta))
+    got = keskar_sharpness(net, nn.MSELoss(), (X, t), eps=eps)
+    assert got == pytest.approx(expected, rel=1e-9)
+    # the same data as a DataLoader of uneven batches gives the same full-data loss
+    loader = DataLoader(TensorDataset(X, t), batch_size=7)
+    assert keskar_sharpness(net, nn.MSELoss(), loader, eps=eps) == pytest.approx(expected, rel=1e-9)
+
+
+def _snapshot(model):
+    return ({k: p.detach().clone() for k, p in model.named_parameters()},
+            {k: p.requires_grad for k, p in model.named_parameters()},
+            {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
+            {k: m.training for k, m in model.named_modules()})
+
+
+def _assert_unperturbed(model, snap):
+    values, flags, grads, modes = snap
+    for k, p in model.named_parameters():
+        assert torch.equal(p.detach(), values[k]) and p.dtype == values[k].dtype
+        assert p.requires_grad == flags[k]
+        assert (p.grad is None) == (grads[k] is None)
+        if p.grad is not None:
+            assert torch.equal(p.grad, grads[k])
+    assert {k: m.training for k, m in model.named_modules()} == modes
 
 
 def test_network_model_untouched_and_reproducible():
     torch.manual_seed(0)
     net = mlp(4, (5,), 3)
+    net[0].bias.requires_grad_(False)  # a frozen parameter stays frozen and out of the box
+    net[2].weight.grad = torch.ones_like(net[2].weight)  # an existing gradient is kept
+    net.train()
     X, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
-    before = [p.detach().clone() for p in net.parameters()]
+    snap = _snapshot(net)
     a = keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y), eps=1e-3, seed=1)
     b = keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y), eps=1e-3, seed=1)
     assert a == b and a > 0
-    assert all(torch.equal(p, q) for p, q in zip(before, net.parameters()))
-    assert all(p.dtype == torch.float32 for p in net.parameters())
+    _assert_unperturbed(net, snap)
+
+
+def test_inside_no_grad_gives_the_same_number():
+    torch.manual_seed(0)
+    net = mlp(4, (5,), 3)
+    X, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    expected = keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y), eps=1e-3, seed=1)
+    with torch.no_grad():
+        assert keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y), eps=1e-3, seed=1) == expected
+
+
+def test_every_batch_labels_checked():
+    net = mlp(4, (5,), 3)
+    X, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    y[10] = 7  # in the second batch only
+    with pytest.raises(ValueError, match="labels"):
+        keskar_sharpness(net, nn.CrossEntropyLoss(), DataLoader(TensorDataset(X, y), batch_size=8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_matches_cpu():
+    torch.manual_seed(0)
+    net = mlp(4, (5,), 3)
+    X, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    cpu = keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y), eps=1e-2, subspace_dim=5, seed=1)
+    gpu = keskar_sharpness(net.cuda(), nn.CrossEntropyLoss(), (X.cuda(), y.cuda()), eps=1e-2,
+                           subspace_dim=5, seed=1)
+    assert gpu == pytest.approx(cpu, rel=1e-6)
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in net.parameters())
 
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"eps": 0.0}, "eps"), ({"eps": -1e-3}, "eps"),
     ({"subspace_dim": 10_000}, "subspace_dim"), ({"subspace_dim": 0}, "subspace_dim"),
-    ({"maxiter": 0}, "maxiter"),
+    ({"maxiter": 0}, "maxiter"), ({"subspace_dim": True}, "subspace_dim"),
+    ({"subspace_dim": 2.0}, "subspace_dim"),
 ])
 def test_bad_arguments(kwargs, match):
     net = mlp(4, (5,), 3)
