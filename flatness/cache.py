@@ -3,7 +3,11 @@ r"""Trained models on disk: train once, load ever after.
 :func:`load_or_train` returns the trained model of a :class:`~flatness.training.TrainConfig`,
 training it only if no valid cache file exists. Files are keyed by a hash of the full
 configuration, written atomically (a temporary file renamed into place) and read with
-``torch.load(..., weights_only=True)``; a corrupt or truncated file is retrained. The folder is
+``torch.load(..., weights_only=True)``. Each file stores a SHA-256 checksum of its state dict
+(every tensor's name, dtype, shape and bytes, in sorted order) and of its history; a file that is
+truncated, corrupt (a flipped byte included), written by another configuration, or whose state
+dict no longer fits the model is retrained, with a ``RuntimeWarning``. Temporary files left by a
+killed writer are removed once their writer is dead or they are an hour old. The folder is
 ``$FLATNESS_CACHE`` or ``~/.cache/flatness``.
 """
 
@@ -11,11 +15,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import os
+import re
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +33,7 @@ from . import data as data_module
 from .curvature import SharpnessTracker
 from .training import TrainConfig, build_model, train
 
-__all__ = ["cache_dir", "cache_path", "load_or_train"]
+__all__ = ["cache_dir", "cache_path", "load_or_train", "state_checksum", "clean_stale_temporaries"]
 
 
 def cache_dir() -> Path:
@@ -37,9 +46,77 @@ def cache_path(config: TrainConfig, directory: Optional[Path] = None) -> Path:
     return Path(directory or cache_dir()) / f"{config.key()}.pt"
 
 
+#: Temporary files older than this (seconds) are stale whoever wrote them.
+STALE_AFTER = 3600.0
+
+_TMP_NAME = re.compile(r"^[0-9a-f]{20}\.pt(?:\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.)?.*\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's process) or unknown: keep the file
+    return True
+
+
+def clean_stale_temporaries(directory: Path, max_age: float = STALE_AFTER) -> list:
+    """Remove the temporary files of cache writes that did not finish.
+
+    A temporary file ``<key>.pt.<host>.<pid>.<random>.tmp`` is stale when its writer, a
+    process on this host, no longer runs, or when it is older than ``max_age`` seconds (a
+    writer on another host, or a file without a writer in its name).
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    now, host = time.time(), _host()
+    for path in directory.glob("*.tmp"):
+        match = _TMP_NAME.match(path.name)
+        if not match:
+            continue
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        pid = match.group("pid")
+        dead = (pid is not None and match.group("host") == host and int(pid) != os.getpid()
+                and not _pid_alive(int(pid)))
+        if dead or age > max_age:
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def state_checksum(state_dict: Mapping[str, torch.Tensor], history=None) -> str:
+    """SHA-256 of a state dict — every tensor's name, dtype, shape and bytes, by sorted name —
+    and of the JSON of ``history``."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(history, sort_keys=True, default=repr).encode())
+    return digest.hexdigest()
+
+
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_host()}.{os.getpid()}.",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
@@ -52,17 +129,26 @@ def _atomic_save(obj, path: Path) -> None:
         raise
 
 
+def _warn_retrain(path: Path, err: BaseException) -> None:
+    warnings.warn(f"cache file {path.name} could not be used ({type(err).__name__}: {err}); "
+                  "retraining", RuntimeWarning, stacklevel=4)
+
+
 def _safe_load(path: Path, config: TrainConfig):
     if not path.exists():
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or not {"config", "state_dict", "history",
+                                               "checksum"} <= set(blob):
+            raise ValueError("not a flatness cache file of this version")
         if blob["config"] != config.to_json():
             raise ValueError("the stored configuration differs")
+        if state_checksum(blob["state_dict"], blob["history"]) != blob["checksum"]:
+            raise ValueError("the checksum of its contents does not match (the file is corrupt)")
         return blob
     except Exception as err:  # truncated, corrupt or foreign file: retrain
-        warnings.warn(f"cache file {path.name} could not be used ({type(err).__name__}: {err}); "
-                      "retraining", RuntimeWarning, stacklevel=3)
+        _warn_retrain(path, err)
         return None
 
 
@@ -81,8 +167,15 @@ def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
         ``(model, history)``; the model is in eval mode.
     """
     path = cache_path(config, directory)
+    clean_stale_temporaries(path.parent)
     model = build_model(config)
     blob = None if retrain else _safe_load(path, config)
+    if blob is not None:
+        try:
+            model.load_state_dict(blob["state_dict"])
+        except Exception as err:  # the model definition changed under the same key
+            _warn_retrain(path, err)
+            blob, model = None, build_model(config)  # a failed load may have copied some tensors
     if blob is None:
         if config.init is not None:
             start, _ = load_or_train(config.init, directory, progress)
@@ -95,9 +188,9 @@ def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
         callbacks = [SharpnessTracker(split.train, every)] if every else []
         history = train(model, split.train, test_data=split.test, progress=progress,
                         callbacks=callbacks, **options)
-        blob = {"config": config.to_json(), "state_dict": model.state_dict(), "history": history}
+        state = model.state_dict()
+        blob = {"config": config.to_json(), "state_dict": state, "history": history,
+                "checksum": state_checksum(state, history)}
         _atomic_save(blob, path)
-    else:
-        model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, copy.deepcopy(blob["history"])

@@ -8,10 +8,13 @@ returning a silently wrong number.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import numbers
 import warnings
 from typing import Iterable, Iterator, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -74,24 +77,225 @@ def num_samples(batches: Sequence[Batch]) -> int:
     return int(sum(b[0].shape[0] for b in batches))
 
 
-def check_labels(output: Tensor, y: Tensor, loss_fn, name: str = "data") -> None:
-    """For classification losses, check that integer labels index the model's outputs."""
-    if not isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+#: Losses whose targets are class indices (or class probabilities of the output's shape).
+CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+#: Losses whose targets are probabilities of the positive class, elementwise with the output.
+BINARY_LOSSES = (nn.BCEWithLogitsLoss, nn.BCELoss)
+#: Losses whose targets are real numbers of the output's shape.
+REGRESSION_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss)
+
+
+def check_labels(output: Tensor, y: Tensor, loss_fn, name: str = "data",
+                 likelihood: bool = False) -> None:
+    r"""Check that the targets ``y`` suit ``loss_fn`` and the model's ``output``, and that
+    ``loss_fn`` is mean-reduced.
+
+    * every floating-point target is finite;
+    * ``nn.CrossEntropyLoss`` / ``nn.NLLLoss`` with integer targets: every label lies in
+      ``[0, C)`` for ``C = output.shape[1]`` (``output.shape[0]`` for an unbatched output),
+      except labels equal to the loss's exact ``ignore_index``; the targets have the output's
+      shape without its class axis. With floating targets (class probabilities) they have the
+      output's shape;
+    * ``nn.BCEWithLogitsLoss`` / ``nn.BCELoss``: targets in :math:`[0, 1]` of the output's shape;
+    * squared / absolute errors: targets of the output's shape (torch would broadcast
+      ``(N, 1)`` against ``(N,)`` into an ``(N, N)`` matrix of differences);
+    * when ``output`` and ``y`` hold the same number of samples, :func:`check_reduction` probes
+      that the loss is a mean over samples.
+
+    Args:
+        output: the model's output on (some of) the inputs whose targets are ``y``; only its
+            trailing shape matters, unless it has one row per target.
+        y: the targets.
+        loss_fn: the loss.
+        name: the argument named in errors.
+        likelihood: ``loss_fn`` is used as the negative log-likelihood of discrete labels (the
+            Laplace evidence): class-index losses must have integer labels, none of them
+            ignored, and no class weights or label smoothing; binary losses must have labels
+            in :math:`\{0, 1\}`.
+
+    Raises:
+        ValueError: targets that do not fit the loss, or a loss that is not mean-reduced.
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name}: expected the targets y to be a torch tensor, "
+                        f"got {type(y).__name__}")
+    _check_reduction_attribute(loss_fn)
+    if y.is_floating_point() and y.numel() and not bool(torch.isfinite(y).all()):
+        bad = int((~torch.isfinite(y)).sum())
+        raise ValueError(f"{name}: {bad} of the {y.numel()} targets y are NaN or infinite; "
+                         "expected finite values")
+    samples_match = output.ndim >= 1 and y.ndim >= 1 and output.shape[0] == y.shape[0]
+    if isinstance(loss_fn, CLASS_INDEX_LOSSES):
+        _check_class_labels(output, y, loss_fn, name, likelihood, samples_match)
+    elif isinstance(loss_fn, BINARY_LOSSES):
+        if samples_match and output.shape != y.shape:
+            raise ValueError(f"{name}: {type(loss_fn).__name__} needs targets of the output's "
+                             f"shape {tuple(output.shape)}, got {tuple(y.shape)}")
+        if not y.is_floating_point():
+            raise ValueError(f"{name}: {type(loss_fn).__name__} needs floating-point targets "
+                             f"(0.0 or 1.0), got dtype {y.dtype}")
+        if likelihood and (getattr(loss_fn, "weight", None) is not None
+                           or getattr(loss_fn, "pos_weight", None) is not None):
+            raise ValueError(f"loss_fn: a {type(loss_fn).__name__} with weight or pos_weight is "
+                             "not the negative log-likelihood of the labels; use a plain one")
+        if y.numel():
+            if likelihood and not bool(((y == 0) | (y == 1)).all()):
+                odd = y[(y != 0) & (y != 1)]
+                raise ValueError(
+                    f"{name}: the labels of a Bernoulli likelihood must be 0 or 1; found "
+                    f"{odd.numel()} other value(s), e.g. {float(odd[0]):g} (the log evidence of "
+                    "such labels is not a log-probability)")
+            low, high = float(y.min()), float(y.max())
+            if low < 0 or high > 1:
+                raise ValueError(f"{name}: {type(loss_fn).__name__} needs targets in [0, 1]; "
+                                 f"found targets from {low:g} to {high:g}")
+    elif isinstance(loss_fn, REGRESSION_LOSSES) or getattr(loss_fn, "elementwise_targets", False):
+        if samples_match and output.shape != y.shape:
+            raise ValueError(f"{name}: {type(loss_fn).__name__} needs targets of the output's "
+                             f"shape {tuple(output.shape)}, got {tuple(y.shape)}")
+        if not y.is_floating_point():
+            raise ValueError(f"{name}: {type(loss_fn).__name__} needs floating-point targets, "
+                             f"got dtype {y.dtype}")
+    if samples_match:
+        check_reduction(loss_fn, (output, y))
+
+
+def _check_class_labels(output, y, loss_fn, name, likelihood, samples_match) -> None:
+    kind = type(loss_fn).__name__
+    if likelihood:
+        extras = [what for what, on in (
+            ("class weights", getattr(loss_fn, "weight", None) is not None),
+            ("label smoothing", float(getattr(loss_fn, "label_smoothing", 0.0)) != 0.0)) if on]
+        if extras:
+            raise ValueError(f"loss_fn: a {kind} with {' and '.join(extras)} is not the "
+                             "negative log-likelihood of the labels; use a plain one")
+    if y.is_floating_point():
+        if likelihood:
+            raise ValueError(f"{name}: the likelihood needs integer class labels, got "
+                             f"floating-point targets (dtype {y.dtype})")
+        if samples_match and output.shape != y.shape:
+            raise ValueError(f"{name}: {kind} with floating-point targets (class probabilities) "
+                             f"needs targets of the output's shape {tuple(output.shape)}, got "
+                             f"{tuple(y.shape)}; class indices must be integers")
         return
-    if y.is_floating_point() or y.ndim != 1:
+    if y.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer class labels, got dtype torch.bool")
+    if output.ndim >= 2:
+        classes, spatial = output.shape[1], tuple(output.shape[2:])
+        if tuple(y.shape[1:]) != spatial:
+            raise ValueError(f"{name}: {kind} needs one integer label per sample"
+                             f"{' and position' if spatial else ''}, i.e. targets of shape "
+                             f"({', '.join(['N', *map(str, spatial)]) if spatial else 'N,'}) for outputs of shape "
+                             f"{tuple(output.shape)}; got {tuple(y.shape)}")
+    else:
+        classes = output.shape[0] if output.ndim == 1 else 1
+    if y.numel() == 0:
         return
-    classes = output.shape[-1] if output.ndim > 1 else 1
-    low, high = int(y.min()), int(y.max())
     ignore = getattr(loss_fn, "ignore_index", -100)
-    if low < 0 and low != ignore or high >= classes:
+    ignored = y == ignore
+    if likelihood and bool(ignored.any()):
+        raise ValueError(f"{name}: {int(ignored.sum())} label(s) equal ignore_index={ignore}; "
+                         "the likelihood needs every label (an ignored sample has no "
+                         "probability), so remove them")
+    kept = y[~ignored]
+    if kept.numel() == 0:
+        return
+    low, high = int(kept.min()), int(kept.max())
+    if low < 0 or high >= classes:
         raise ValueError(f"{name}: labels must lie in [0, {classes}) for a model with {classes} "
-                         f"outputs; found labels from {low} to {high}")
+                         f"outputs (or equal ignore_index={ignore}); found labels from {low} to "
+                         f"{high}")
 
 
-def check_reduction(loss_fn) -> None:
+def _check_reduction_attribute(loss_fn) -> None:
     reduction = getattr(loss_fn, "reduction", "mean")
     if reduction != "mean":
         raise ValueError(f"loss_fn: expected a mean-reduced loss, got reduction={reduction!r}")
+
+
+def _element_weights(loss_fn, y: Tensor):
+    """The weight of each sample in a class-index loss's mean: the sum over its positions of
+    the class weight of its label (0 for an ignored label)."""
+    ignore = getattr(loss_fn, "ignore_index", -100)
+    keep = y != ignore
+    weight = getattr(loss_fn, "weight", None) if isinstance(loss_fn, CLASS_INDEX_LOSSES) else None
+    if weight is None:
+        w = keep.to(torch.float64)
+    else:
+        w = torch.where(keep, weight.detach().to(torch.float64)[y.clamp(0, weight.numel() - 1)
+                                                                 * keep], 0.0)
+    return w.reshape(len(y), -1).sum(1)
+
+
+def _callable_name(fn) -> str:
+    if isinstance(fn, functools.partial):
+        text = repr(fn)
+        return text if len(text) <= 120 else text[:117] + "..."
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def check_reduction(loss_fn, batch=None) -> None:
+    r"""Refuse a loss that is not a mean over samples.
+
+    Every measurement weights a batch's loss by its share of the samples,
+    :math:`L = \sum_b (n_b/N) L_b`, which is the full-data loss only for a mean. A module's
+    ``reduction`` attribute must be ``"mean"``; and with a ``batch = (output, target)`` of
+    :math:`n \ge 2` samples, any callable is probed: split into halves of sizes
+    :math:`n_1, n_2`,
+
+    .. math:: L(	ext{batch}) = rac{n_1 L(	ext{half}_1) + n_2 L(	ext{half}_2)}{n}
+
+    holds to rounding for a mean of per-sample losses, and fails for a sum, which is
+    :math:`L_1 + L_2`. With integer targets (class labels) the weights are, as in torch's mean,
+    the numbers of labels not equal to the ignore index (the loss's ``ignore_index``, else
+    torch's default −100), or the sums of their class weights for a weighted
+    ``nn.CrossEntropyLoss`` / ``nn.NLLLoss``.
+
+    Args:
+        loss_fn: the loss, a module or any callable ``loss_fn(output, target)``.
+        batch: optional ``(output, target)`` of the model on some samples, for the probe.
+
+    Raises:
+        ValueError: ``reduction`` is not ``"mean"``, or the probe shows that the loss is not
+            a mean over samples.
+    """
+    _check_reduction_attribute(loss_fn)
+    if batch is None:
+        return
+    output, target = batch
+    if not (isinstance(output, Tensor) and isinstance(target, Tensor)) or output.ndim == 0 \
+            or target.ndim == 0 or output.shape[0] != target.shape[0] or output.shape[0] < 2:
+        return
+    output = output.detach()
+    n = output.shape[0]
+    h = n // 2
+    if not target.is_floating_point() and target.dtype != torch.bool:
+        # class labels: torch's mean skips ignored labels (-100 unless the loss says otherwise)
+        w = _element_weights(loss_fn, target)
+    else:
+        w = torch.ones(n, dtype=torch.float64, device=output.device)
+    w1, w2 = float(w[:h].sum()), float(w[h:].sum())
+    if w1 <= 0 or w2 <= 0:
+        return
+    try:
+        with torch.no_grad():
+            whole = float(loss_fn(output, target))
+            first = float(loss_fn(output[:h], target[:h]))
+            second = float(loss_fn(output[h:], target[h:]))
+    except Exception:  # a loss that cannot take part of a batch: nothing to probe
+        return
+    if not all(math.isfinite(v) for v in (whole, first, second)):
+        return
+    mean = (w1 * first + w2 * second) / (w1 + w2)
+    eps = torch.finfo(output.dtype).eps if output.is_floating_point() else 2.0 ** -52
+    rtol = min(0.05, 32 * math.sqrt(eps))
+    if abs(whole - mean) > rtol * max(abs(whole), abs(first), abs(second), 1e-30):
+        name = _callable_name(loss_fn)
+        raise ValueError(
+            f"loss_fn: {name} is not a mean over samples: on a batch of {n} it gives {whole:.6g}, "
+            f"but its two halves give {first:.6g} and {second:.6g}, whose size-weighted mean is "
+            f"{mean:.6g} (a sum would give {first + second:.6g}); pass a mean-reduced loss "
+            "(reduction='mean'), or every curvature would scale with the batch size")
 
 
 def check_finite(value: float, what: str = "loss") -> float:
@@ -118,10 +322,11 @@ def evaluation(model: nn.Module, eval_mode: bool | None = None):
             ``True`` evaluates such a model in eval mode on purpose.
 
     Raises:
-        ValueError: BatchNorm or Dropout in train mode and ``eval_mode`` not ``True``.
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: BatchNorm or Dropout in train mode and ``eval_mode`` not ``True``; a model
+            on the meta device (see :func:`check_model`).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     offending = mode_dependent_modules(model)
     if offending and eval_mode is not True:
         raise ValueError(
@@ -152,13 +357,84 @@ def trainable_parameters(model: nn.Module) -> List[nn.Parameter]:
     return params
 
 
+def is_integer(value) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """Whether ``value`` is a real number (Python or NumPy, integral or not), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_positive(value, name: str, integer: bool = False):
+    """Check that ``value`` is a positive finite number (an integer with ``integer``).
+
+    Python and NumPy scalars are accepted (``numbers.Real`` / ``numbers.Integral``, not
+    ``bool``); the value is returned as given.
+
+    Raises:
+        ValueError: not a number, not positive or not finite.
+    """
     if integer:
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not is_integer(value) or value <= 0:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    elif not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    elif not (is_real(value) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
     return value
+
+
+def check_model(model) -> nn.Module:
+    """Check that ``model`` is an ``nn.Module`` whose parameters and buffers hold data.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` (``None``, a function, …).
+        ValueError: parameters or buffers on the ``meta`` device (shapes without values), or
+            spread over several devices.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    tensors = list(model.parameters()) + list(model.buffers())
+    if any(t.is_meta for t in tensors):
+        raise ValueError("model: its parameters are on the meta device (shapes without values); "
+                         "materialize it first, e.g. model.to_empty(device='cpu') and an "
+                         "initialization, or load a state dict with assign=True")
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"model: its parameters and buffers are spread over several devices "
+                         f"({', '.join(sorted(str(d) for d in devices))}); expected one")
+    return model
+
+
+def check_data_matches_model(model: nn.Module, X: Tensor, name: str = "data") -> None:
+    """Check that inputs ``X`` can be fed to ``model``: same device, and floating-point inputs
+    of the dtype of its floating-point parameters (integer inputs only for a model that
+    embeds them).
+
+    Raises:
+        TypeError: ``X`` is not a tensor, or has a dtype the model cannot take.
+        ValueError: ``X`` and the model on different devices.
+    """
+    if not isinstance(X, Tensor):
+        raise TypeError(f"{name}: expected X to be a torch tensor, got {type(X).__name__}")
+    params = [p for p in model.parameters()]
+    if not params:
+        return
+    device = params[0].device
+    if X.device != device:
+        raise ValueError(f"{name}: X is on {X.device} but the model is on {device}; move one "
+                         "of them")
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    embeds = any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+    if X.is_floating_point():
+        if len(dtypes) == 1 and X.dtype not in dtypes:
+            (dtype,) = dtypes
+            raise TypeError(f"{name}: X has dtype {X.dtype} but the model's parameters are "
+                            f"{dtype}; convert one of them (X.to({dtype}) or model.to({X.dtype}))")
+    elif not embeds:
+        want = ", ".join(str(d) for d in sorted(dtypes, key=str)) or "floating point"
+        raise TypeError(f"{name}: X has dtype {X.dtype}, but the model takes floating-point "
+                        f"inputs ({want}); convert X, e.g. X.float()")
 
 
 @contextlib.contextmanager

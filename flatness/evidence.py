@@ -44,17 +44,21 @@ import torch
 from torch import Tensor, nn
 
 from .checks import (
+    check_data_matches_model,
     check_finite,
     check_labels,
+    check_model,
     check_positive,
     check_reduction,
     evaluation,
+    is_real,
     materialize,
     num_samples,
     trainable_parameters,
 )
 from .krylov import stochastic_logdet
 from .operators import HessianOperator
+from .params import ParameterLayout
 
 __all__ = ["GaussianNLLLoss", "per_parameter_precision", "map_objective", "MapFit", "fit_map",
            "log_occam_factor", "null_log_evidence", "Evidence", "laplace_log_evidence"]
@@ -94,26 +98,35 @@ class GaussianNLLLoss(nn.Module):
         return per_sample.mean() + const
 
 
-def _check_precision(prior_precision) -> float:
-    if isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)) \
-            or not math.isfinite(prior_precision) or prior_precision <= 0:
-        raise ValueError(f"prior_precision: expected a positive number λ, got {prior_precision!r}")
+def _check_precision(prior_precision, name: str = "prior_precision") -> float:
+    """A positive finite real number (Python or NumPy scalar, not bool) as a float."""
+    if not is_real(prior_precision) or not math.isfinite(prior_precision) \
+            or prior_precision <= 0:
+        raise ValueError(f"{name}: expected a positive number λ, got {prior_precision!r}")
     return float(prior_precision)
 
 
-def _precision_vector(prior_precision, P: int) -> Tensor:
-    """λ as a float64 vector of length P, from a positive number or P positive numbers."""
+def _precision_vector(prior_precision, P: int, device=None) -> Tensor:
+    """λ as a float64 vector of length P on ``device`` (default the CPU), from a positive
+    number or P positive numbers."""
+    device = torch.device("cpu") if device is None else torch.device(device)
     if isinstance(prior_precision, (Tensor, np.ndarray, list, tuple)):
-        lam = torch.as_tensor(np.asarray(prior_precision, dtype=np.float64)
-                              if not isinstance(prior_precision, Tensor)
-                              else prior_precision.detach().cpu().to(torch.float64)).reshape(-1)
+        if isinstance(prior_precision, Tensor):
+            lam = prior_precision.detach().to(device=device, dtype=torch.float64).reshape(-1)
+        else:
+            try:
+                values = np.asarray(prior_precision, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError("prior_precision: expected a number or a vector of numbers, "
+                                 f"got {prior_precision!r}") from None
+            lam = torch.as_tensor(values, device=device).reshape(-1)
         if lam.numel() != P:
             raise ValueError(f"prior_precision: expected a number or a vector of {P} precisions "
                              f"(one per parameter), got {lam.numel()} values")
         if not bool(torch.isfinite(lam).all()) or bool((lam <= 0).any()):
             raise ValueError("prior_precision: expected positive finite precisions")
         return lam
-    return torch.full((P,), _check_precision(prior_precision), dtype=torch.float64)
+    return torch.full((P,), _check_precision(prior_precision), dtype=torch.float64, device=device)
 
 
 def _describe(lam: Tensor):
@@ -135,6 +148,8 @@ def per_parameter_precision(model: nn.Module, prior_precision: float,
     [2.0, 2.0, 0.5]
     """
     base = _check_precision(prior_precision)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     scale = dict(scale or {})
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     unknown = set(scale) - {n for n, _ in named}
@@ -143,8 +158,10 @@ def per_parameter_precision(model: nn.Module, prior_precision: float,
                          f"{[n for n, _ in named]}")
     parts = []
     for n, p in named:
-        factor = _check_precision(scale.get(n, 1.0)) if n in scale else 1.0
-        parts.append(torch.full((p.numel(),), base * factor, dtype=torch.float64))
+        factor = _check_precision(scale[n], f"scale[{n!r}]") if n in scale else 1.0
+        parts.append(torch.full((p.numel(),), base * factor, dtype=torch.float64, device=p.device))
+    if not parts:
+        raise ValueError("model: it has no parameters that require gradients")
     return torch.cat(parts)
 
 
@@ -159,7 +176,7 @@ def _float64_copy(model: nn.Module, data):
 def _objective_and_gradient(model: nn.Module, loss_fn, batches, lam: Tensor, N: int,
                             need_grad: bool = True):
     """C(ω) = Σ_b n_b · mean loss_b + ½ Σ_j λ_j ω_j² and its flat gradient (float64)."""
-    params = trainable_parameters(model)
+    params, layout = trainable_parameters(model), ParameterLayout(model)
     total = torch.zeros((), dtype=torch.float64)
     grads = [torch.zeros_like(p) for p in params] if need_grad else None
     for X, y in batches:
@@ -172,11 +189,11 @@ def _objective_and_gradient(model: nn.Module, loss_fn, batches, lam: Tensor, N: 
             for acc, gi in zip(grads, g):
                 acc += gi
         total = total + nll.detach().to(torch.float64)
-    w = torch.cat([p.detach().reshape(-1) for p in params])
+    w = layout.to_vector(model, "model")
     value = float(total) + 0.5 * float((lam * w * w).sum())
     if not need_grad:
         return value, None
-    flat = torch.cat([g.reshape(-1) for g in grads]) + lam * w
+    flat = layout.to_vector(dict(zip(layout.names, grads)), "gradient") + lam * w
     return value, flat
 
 
@@ -204,7 +221,8 @@ def map_objective(model: nn.Module, loss_fn, data, prior_precision: float,
     """
     check_reduction(loss_fn)
     model64, batches = _float64_copy(model, data)
-    lam = _precision_vector(prior_precision, sum(p.numel() for p in trainable_parameters(model64)))
+    params = trainable_parameters(model64)
+    lam = _precision_vector(prior_precision, sum(p.numel() for p in params), device=params[0].device)
     with evaluation(model64, eval_mode):
         value, _ = _objective_and_gradient(model64, loss_fn, batches, lam,
                                            num_samples(batches), need_grad=False)
@@ -266,8 +284,8 @@ def fit_map(model: nn.Module, loss_fn, data, prior_precision: float, max_iter: i
     check_positive(grad_tol, "grad_tol")
     model64, batches = _float64_copy(model, data)
     N = num_samples(batches)
-    params = trainable_parameters(model64)
-    lam = _precision_vector(prior_precision, sum(p.numel() for p in params))
+    params, layout = trainable_parameters(model64), ParameterLayout(model64)
+    lam = _precision_vector(prior_precision, layout.numel, device=params[0].device)
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, max_eval=4 * max_iter,
                             tolerance_grad=0.0, tolerance_change=0.0,
                             history_size=history_size, line_search_fn="strong_wolfe")
@@ -278,11 +296,8 @@ def fit_map(model: nn.Module, loss_fn, data, prior_precision: float, max_iter: i
         value, flat = _objective_and_gradient(model64, loss_fn, batches, lam, N)
         check_finite(value, "objective C(ω)")
         state["grad_norm"] = float(flat.norm())
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
+        for p, g in zip(params, layout.to_dict(flat).values()):
+            p.grad = g.clone()
         # L-BFGS stops when the largest gradient entry is below tolerance_grad; we want the
         # Euclidean norm below grad_tol, so report a zero gradient once it is reached.
         if state["grad_norm"] <= grad_tol:
@@ -446,8 +461,12 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
         An :class:`Evidence`.
 
     Raises:
+        TypeError: ``model`` not a module, inputs of a dtype the model cannot take.
         ValueError: ``prior_precision`` not positive, an unknown ``method``, a loss that is not
-            mean-reduced, a point that is not a minimum (gradient norm above ``grad_tol``), or a
+            mean-reduced, labels the likelihood cannot score (see
+            :func:`flatness.checks.check_labels` with ``likelihood=True``: class labels outside
+            ``[0, C)`` or equal to ``ignore_index``, binary labels other than 0 and 1,
+            non-finite targets), a point that is not a minimum (gradient norm above ``grad_tol``), or a
             Hessian :math:`\nabla\nabla C(\omega_0)` with a non-positive eigenvalue (or Ritz
             value), which the Laplace approximation cannot use.
 
@@ -463,13 +482,19 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
     if method not in ("auto", "exact", "slq"):
         raise ValueError(f"method: expected 'auto', 'exact' or 'slq', got {method!r}")
     check_positive(grad_tol, "grad_tol")
+    check_model(model)
     model64, batches = _float64_copy(model, data)
     N = num_samples(batches)
     params = trainable_parameters(model64)
     P = sum(p.numel() for p in params)
-    lam = _precision_vector(prior_precision, P)
+    device = params[0].device
+    lam = _precision_vector(prior_precision, P, device=device)
     if method == "auto":
         method = "exact" if P <= max_exact else "slq"
+    with evaluation(model64, eval_mode), torch.no_grad():
+        for X, y in batches:  # the likelihood of discrete labels needs labels it can score
+            check_data_matches_model(model64, X)
+            check_labels(model64(X), y, loss_fn, likelihood=True)
     with evaluation(model64, eval_mode):
         objective, grad = _objective_and_gradient(model64, loss_fn, batches, lam, N)
     check_finite(objective, "objective C(ω)")
@@ -484,10 +509,10 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
     H = _hessian_of_mean_loss(model64, loss_fn, batches, eval_mode)
     eigenvalues, stderr, decrement = None, 0.0, math.nan
     if method == "exact":
-        eye = torch.eye(P, dtype=torch.float64)
+        eye = torch.eye(P, dtype=torch.float64, device=device)
         D = torch.cat([H @ eye[:, i:i + 256] for i in range(0, P, 256)], 1)
         D = N * (D + D.T) / 2 + torch.diag(lam)
-        eigenvalues = torch.linalg.eigvalsh(D).numpy()
+        eigenvalues = torch.linalg.eigvalsh(D).cpu().numpy()
         min_eig = float(eigenvalues[0])
         if min_eig <= 0:
             raise ValueError(
@@ -495,7 +520,7 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
                 "non-positive eigenvalue(s) "
                 f"(smallest {min_eig:.3g}); the point is not a strict minimum and the Laplace "
                 "approximation cannot use it")
-        occam = log_occam_factor(eigenvalues, lam)
+        occam = log_occam_factor(eigenvalues, lam.cpu())
         decrement = 0.5 * float(grad @ torch.linalg.solve(D, grad))
     else:
         def matvec(v: Tensor) -> Tensor:
@@ -513,7 +538,7 @@ def laplace_log_evidence(model: nn.Module, loss_fn, data, prior_precision: float
     H.release()
     return Evidence(log_evidence=-objective + occam, log_occam_factor=occam, objective=objective,
                     neg_log_likelihood=objective - penalty, penalty=penalty,
-                    prior_precision=_describe(lam),
+                    prior_precision=_describe(lam.cpu()),
                     num_parameters=P, num_samples=N, gradient_norm=gnorm,
                     min_eigenvalue=min_eig, method=method, stderr=stderr,
                     newton_decrement=decrement, eigenvalues=eigenvalues)

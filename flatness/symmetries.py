@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,12 +33,14 @@ from torch.func import functional_call
 
 from .checks import (
     NORMALIZATION,
+    check_finite,
     check_labels,
     check_reduction,
     check_tensor_pair,
+    evaluation,
     quiet_torch_func,
-    trainable_parameters,
 )
+from .params import ParameterLayout
 
 __all__ = ["WEIGHT_LAYERS", "HOMOGENEOUS", "weight_layers", "alpha_factors", "complete_factors",
            "alpha_scale", "parameter_scaling", "parameter_hessian"]
@@ -88,26 +90,55 @@ def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     layers = []
     allowed = ", ".join(t.__name__ for t in (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Flatten,
                                              nn.MaxPool1d, nn.AvgPool1d, nn.Dropout))
+    seen = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if id(m) in seen:
+            raise ValueError(
+                f"model: the module {name} ({type(m).__name__}) is the same object as "
+                f"{seen[id(m)] or 'the model'}; a module applied twice sees two different "
+                "scales, so alpha_scale cannot rescale it consistently (use separate copies)")
+        seen[id(m)] = name
+    shared = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in shared:
+            raise ValueError(f"model: the parameter {pname} is shared with {shared[id(p)]}; "
+                             "alpha_scale needs every parameter in one layer only")
+        shared[id(p)] = pname
+    if getattr(nn.modules.module, "_global_forward_hooks", None) \
+            or getattr(nn.modules.module, "_global_forward_pre_hooks", None):
+        raise ValueError("model: global forward hooks are registered; they may change the "
+                         "function, so alpha_scale refuses")
     for name, m in model.named_modules():
         label = f"{name or 'the model'} ({type(m).__name__})"
+        if m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs",
+                                                                None):
+            raise ValueError(f"model: {label} has forward hooks, which may change its output; "
+                             "alpha_scale refuses modules with hooks")
         if isinstance(m, NORMALIZATION):
             raise ValueError(
                 f"model: {label} is a normalization layer; it divides out the scale of its "
                 "input, so the rescaling rule of alpha_scale does not apply to the layers around "
                 "it (such layers have their own symmetry, L(cw) = L(w)); alpha_scale refuses "
                 "normalization layers")
-        if isinstance(m, WEIGHT_LAYERS):
+        if type(m) in WEIGHT_LAYERS:
             extra = [n for n, _ in m.named_parameters(recurse=False) if n not in ("weight", "bias")]
             if extra:
                 raise ValueError(f"model: {label} has parameters {extra} besides weight and bias")
+            if list(m.children()):
+                raise ValueError(f"model: {label} has submodules")
             layers.append((name, m))
-        elif isinstance(m, nn.Sequential):
+        elif type(m) is nn.Sequential:
             if list(m.named_parameters(recurse=False)):
                 raise ValueError(f"model: {label} holds parameters outside its layers")
-        elif isinstance(m, HOMOGENEOUS):
-            if list(m.parameters(recurse=False)):
-                raise ValueError(f"model: {label} has parameters; alpha_scale only handles "
-                                 "parameter-free activations")
+        elif type(m) in HOMOGENEOUS:
+            if list(m.parameters(recurse=False)) or list(m.children()):
+                raise ValueError(f"model: {label} has parameters or submodules; alpha_scale only "
+                                 "handles parameter-free activations")
+        elif isinstance(m, WEIGHT_LAYERS + (nn.Sequential,) + HOMOGENEOUS):
+            raise ValueError(
+                f"model: {label} is a subclass of {_base_name(m)}, whose own code (its forward, "
+                "a skip connection, …) alpha_scale cannot prove to be positively homogeneous; "
+                "it accepts the exact torch classes only")
         elif name == "" and not isinstance(m, WEIGHT_LAYERS):
             raise ValueError(
                 f"model: expected an nn.Sequential chain of weight layers and positively "
@@ -121,6 +152,13 @@ def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     if not layers:
         raise ValueError("model: it has no weight layer (Linear or Conv) to rescale")
     return layers
+
+
+def _base_name(m: nn.Module) -> str:
+    for base in WEIGHT_LAYERS + (nn.Sequential,) + HOMOGENEOUS:
+        if isinstance(m, base):
+            return f"nn.{base.__name__}"
+    return type(m).__name__
 
 
 def alpha_factors(num_layers: int, alpha: float, layers: Tuple[int, int] = (0, 1)
@@ -246,7 +284,8 @@ def _layer_scales(factors: Sequence[float]) -> List[Tuple[float, float]]:
     return out
 
 
-def alpha_scale(model: nn.Module, alphas: Factors, rtol: float = 1e-9) -> nn.Module:
+def alpha_scale(model: nn.Module, alphas: Factors, rtol: float = 1e-9,
+                probe: Optional[Tensor] = None) -> nn.Module:
     r"""Dinh et al.'s α-scale transformation: a new, observationally equivalent network.
 
     For weight layers :math:`k = 1..K` (in order) and factors :math:`\alpha_k > 0` with
@@ -266,14 +305,22 @@ def alpha_scale(model: nn.Module, alphas: Factors, rtol: float = 1e-9) -> nn.Mod
             \alpha^{-1})` (Dinh et al.'s Definition 5); see :func:`alpha_factors` and
             :func:`complete_factors` for ``K`` layers.
         rtol: relative tolerance on the product.
+        probe: inputs on which the new network's outputs are compared with the old one's
+            (in eval mode) before it is returned. By default a fixed random batch whose shape
+            is read off the first weight layer (for a convolution, the smallest spatial size
+            up to 256 that the network accepts).
 
     Returns:
         A deep copy of ``model`` with rescaled parameters (same train/eval mode).
 
     Raises:
         ValueError: factors not positive, a product not one, a wrong number of factors, a
-            scalar for a network that does not have two weight layers, and every refusal of
-            :func:`weight_layers` (normalization layers, non-homogeneous activations).
+            scalar for a network that does not have two weight layers, every refusal of
+            :func:`weight_layers` (normalization layers, non-homogeneous activations, subclasses
+            with their own code, a module or parameter used twice, hooks), and outputs on the
+            probe batch that differ by more than rounding,
+            :math:`|f'(x) - f(x)| > \sqrt{\epsilon}\,\max_k \lVert h_k\rVert_\infty` over
+            the network's intermediate values :math:`h_k`.
 
     >>> from flatness.models import mlp
     >>> net = mlp(5, (4,), 3)
@@ -291,7 +338,77 @@ def alpha_scale(model: nn.Module, alphas: Factors, rtol: float = 1e-9) -> nn.Mod
                 layer.weight.mul_(w_factor)
             if layer.bias is not None and b_factor != 1.0:
                 layer.bias.mul_(b_factor)
+    product = math.exp(sum(math.log(f) for f in factors))
+    _check_same_function(model, new, layers, probe, abs(product - 1.0))
     return new
+
+
+def _chain(model: nn.Module):
+    """The leaf modules of a (verified) nested ``nn.Sequential``, in the order applied."""
+    if type(model) is nn.Sequential:
+        for child in model:
+            yield from _chain(child)
+    else:
+        yield model
+
+
+def _probe_batch(model: nn.Module, layers, probe: Optional[Tensor]):
+    """``(inputs, outputs)`` of ``model`` on the probe batch (eval mode, no gradients)."""
+    first = layers[0][1]
+    dtype, device = first.weight.dtype, first.weight.device
+    if probe is not None:
+        if not isinstance(probe, Tensor):
+            raise TypeError(f"probe: expected a tensor of inputs, got {type(probe).__name__}")
+        try:
+            return probe, model(probe)
+        except RuntimeError as err:
+            raise ValueError(f"probe: the model cannot take these inputs ({err})") from None
+    g = torch.Generator().manual_seed(0)
+    if type(first) is nn.Linear:
+        shapes = [(8, first.in_features)]
+    else:
+        dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
+        shapes = [(4, first.in_channels) + (L,) * dims for L in range(1, 257 if dims < 3 else 33)]
+    for shape in shapes:
+        x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+        try:
+            return x, model(x)
+        except RuntimeError:
+            continue
+    raise ValueError("model: alpha_scale could not find an input shape to check the rescaled "
+                     "network on; pass probe= a batch of inputs")
+
+
+def _check_same_function(model: nn.Module, new: nn.Module, layers, probe,
+                         deviation: float = 0.0) -> None:
+    """Refuse ``new`` unless its outputs on the probe batch equal ``model``'s to rounding:
+    :math:`\\sqrt\\epsilon` (plus the product's distance ``deviation`` from one, which scales
+    the output) times the largest intermediate value."""
+    with evaluation(model, eval_mode=True), evaluation(new, eval_mode=True), torch.no_grad():
+        x, before = _probe_batch(model, layers, probe)
+        after = new(x)
+        h, scale = x, float(x.abs().max()) if x.is_floating_point() and x.numel() else 0.0
+        for m in _chain(model):
+            h = m(h)
+            if h.numel():
+                scale = max(scale, float(h.abs().max()))
+    if before.shape != after.shape:
+        raise ValueError("model: the rescaled network's output has another shape; alpha_scale "
+                         "does not preserve this network's function")
+    finite = torch.isfinite(before)
+    if not torch.equal(finite, torch.isfinite(after)):
+        raise ValueError("model: the rescaled network's outputs are not finite where the "
+                         "original's are (or the reverse); alpha_scale does not preserve it")
+    if not bool(finite.any()):
+        return
+    eps = torch.finfo(before.dtype).eps
+    change = float((after[finite] - before[finite]).abs().max())
+    allowed = (math.sqrt(eps) + deviation) * scale
+    if change > allowed:
+        raise ValueError(
+            f"model: the rescaled network's outputs differ from the original's by up to "
+            f"{change:.3g} on a probe batch (more than rounding, {allowed:.3g}); "
+            "the network is not the positively homogeneous chain alpha_scale needs")
 
 
 def parameter_scaling(model: nn.Module, alphas: Factors, rtol: float = 1e-9,
@@ -320,9 +437,11 @@ def parameter_scaling(model: nn.Module, alphas: Factors, rtol: float = 1e-9,
         scale[id(layer.weight)] = w_factor
         if layer.bias is not None:
             scale[id(layer.bias)] = b_factor
-    parts = [torch.full((p.numel(),), scale[id(p)], dtype=dtype)
-             for p in trainable_parameters(model)]
-    return torch.cat(parts)
+    layout, params = ParameterLayout(model), dict(model.named_parameters())
+    d = torch.empty(layout.numel, dtype=dtype)
+    for name, where in layout.slices.items():
+        d[where] = scale[id(params[name])]
+    return d
 
 
 def parameter_hessian(model: nn.Module, loss_fn, data, name: str,
@@ -344,7 +463,8 @@ def parameter_hessian(model: nn.Module, loss_fn, data, name: str,
         A ``(n, n)`` tensor, ``n`` the parameter's size.
 
     Raises:
-        ValueError: an unknown ``name``; Dropout in the model with ``batch_statistics``.
+        ValueError: an unknown ``name``; Dropout in the model with ``batch_statistics``; a loss
+            or Hessian that is not finite at the point measured.
     """
     check_reduction(loss_fn)
     X, y = check_tensor_pair(data)
@@ -373,5 +493,11 @@ def parameter_hessian(model: nn.Module, loss_fn, data, name: str,
 
     with quiet_torch_func():
         with torch.no_grad():
-            check_labels(outputs(start), y, loss_fn)
-        return torch.autograd.functional.hessian(lambda w: loss_fn(outputs(w), y), start)
+            out = outputs(start)
+            check_labels(out, y, loss_fn)
+            check_finite(float(loss_fn(out, y)))
+        H = torch.autograd.functional.hessian(lambda w: loss_fn(outputs(w), y), start)
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError(f"the Hessian with respect to {name} has {int((~torch.isfinite(H)).sum())} "
+                         "non-finite entries at the point measured (check the model and data)")
+    return H

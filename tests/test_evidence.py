@@ -326,9 +326,112 @@ def test_relu_map_point_on_a_kink_is_reported():
     torch.manual_seed(0)
     X, y = _logistic(N=50, d=3)
     net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1), nn.Flatten(0))
-    fit = evidence.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), 1.0, max_iter=40)
-    assert fit.converged == (fit.gradient_norm <= 1e-6)
+    lam = 1.0
+    fit = evidence.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), lam, max_iter=40)
+    # the reported gradient norm is that of C at the returned point, recomputed independently
+    assert fit.gradient_norm == pytest.approx(_gradient_norm_of_C(fit.model, X, y, lam), rel=1e-9)
+    assert fit.converged == (_gradient_norm_of_C(fit.model, X, y, lam) <= 1e-6)
     assert np.isfinite(fit.objective) and fit.iterations <= 40 * 5
+
+
+def _gradient_norm_of_C(model, X, y, lam):
+    """‖∇C‖ for C(ω) = Σᵢ BCE(f(xᵢ), yᵢ) + λ/2 ‖ω‖², by torch.func on a float64 copy."""
+    net = copy.deepcopy(model).double()
+    names = [n for n, _ in net.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    shapes = [p.shape for p in net.parameters()]
+
+    def C(v):
+        parts, i = {}, 0
+        for n, shape in zip(names, shapes):
+            k = int(np.prod(shape))
+            parts[n] = v[i:i + k].reshape(shape)
+            i += k
+        out = torch.func.functional_call(net, parts, (X.double(),))
+        nll = nn.functional.binary_cross_entropy_with_logits(out, y.double(), reduction="sum")
+        return nll + 0.5 * lam * (v * v).sum()
+
+    return float(torch.func.grad(C)(flat).norm())
+
+
+@pytest.mark.parametrize("lam", [0.3, 3.0])
+def test_converged_means_the_ridge_minimum(lam):
+    """Convergence means the point is the minimum: for the linear-Gaussian model the returned
+    weights are within ‖g‖/λ_min(A) of the ridge solution (C is λ_min(A)-strongly convex), the
+    independently recomputed gradient is below grad_tol, and the evidence is the closed form."""
+    sigma = 0.5
+    X, y = _regression(sigma=sigma)
+    loss = evidence.GaussianNLLLoss(sigma)
+    fit = evidence.fit_map(_linear(X.shape[1]), loss, (X, y), lam, grad_tol=1e-6)
+    assert fit.converged
+    A = X.T @ X / sigma ** 2 + lam * torch.eye(X.shape[1], dtype=torch.float64)
+    w_star = torch.linalg.solve(A, X.T @ y / sigma ** 2)
+    w = fit.model[0].weight.detach().reshape(-1)
+    g = A @ w - X.T @ y / sigma ** 2  # ∇C(w), independently of fit_map
+    assert float(g.norm()) <= 1e-6
+    assert fit.gradient_norm == pytest.approx(float(g.norm()), rel=1e-6, abs=1e-12)
+    assert float((w - w_star).norm()) <= float(g.norm()) / float(torch.linalg.eigvalsh(A)[0]) + 1e-15
+    ev = evidence.laplace_log_evidence(fit.model, loss, (X, y), lam, method="exact")
+    assert ev.log_evidence == pytest.approx(_closed_form_log_evidence(X, y, sigma, lam), abs=1e-8)
+
+
+@pytest.mark.parametrize("labels", [[2.0], [-1.0], [0.5]])
+def test_binary_labels_must_be_zero_or_one(labels):
+    """Issue 10 #5: labels 2 or −1 with BCEWithLogitsLoss gave log evidences of +574 and +905
+    nats, impossible for the log-probability of discrete labels."""
+    X, y = _logistic()
+    y = y.clone()
+    y[:5] = torch.tensor(labels)
+    net = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        evidence.laplace_log_evidence(net, nn.BCEWithLogitsLoss(), (X, y), 1.0, grad_tol=1e9)
+
+
+@pytest.mark.parametrize("bad", [-7, -100, 3])
+def test_class_labels_must_be_scored(bad):
+    """A label of −7 (next to an ignored −100), an ignored label, or a class out of range."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(20, 2, generator=g), torch.randint(0, 3, (20,), generator=g)
+    y[0], y[1] = -100, bad
+    net = nn.Linear(2, 3)
+    with pytest.raises(ValueError, match="ignore_index|labels must lie"):
+        evidence.laplace_log_evidence(net, nn.CrossEntropyLoss(), (X, y), 1.0, grad_tol=1e9)
+    with pytest.raises(ValueError, match="class weights"):
+        evidence.laplace_log_evidence(net, nn.CrossEntropyLoss(weight=torch.ones(3)),
+                                      (X, y.clamp(0)), 1.0, grad_tol=1e9)
+
+
+def test_numpy_scalar_prior_precision():
+    """Issue 10 #11: np.float32 prior precisions were refused."""
+    X, y = _logistic()
+    net = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    fit = evidence.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), 0.5)
+    ref = evidence.laplace_log_evidence(fit.model, nn.BCEWithLogitsLoss(), (X, y), 0.5)
+    for lam in (np.float32(0.5), np.float64(0.5)):
+        ev = evidence.laplace_log_evidence(fit.model, nn.BCEWithLogitsLoss(), (X, y), lam)
+        assert ev.log_evidence == ref.log_evidence
+    assert evidence.per_parameter_precision(net, np.float32(2.0), {"0.bias": np.int64(3)}
+                                            ).tolist() == [2.0, 2.0, 2.0, 6.0]
+
+
+def test_precisions_are_built_on_the_model_device():
+    """Issue 10 #15: λ and the identity were built on the CPU whatever the model's device."""
+    meta = nn.Linear(2, 1).to("meta")
+    lam = evidence.per_parameter_precision(meta, 2.0)
+    assert lam.device.type == "meta" and lam.dtype == torch.float64 and lam.shape == (3,)
+    v = evidence._precision_vector(0.5, 3, device="meta")
+    assert v.device.type == "meta" and v.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_evidence_on_gpu_equals_cpu():
+    X, y = _logistic()
+    net = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    fit = evidence.fit_map(net, nn.BCEWithLogitsLoss(), (X, y), 1.0)
+    ref = evidence.laplace_log_evidence(fit.model, nn.BCEWithLogitsLoss(), (X, y), 1.0)
+    ev = evidence.laplace_log_evidence(fit.model.cuda(), nn.BCEWithLogitsLoss(),
+                                       (X.cuda(), y.cuda()), 1.0)
+    assert ev.log_evidence == pytest.approx(ref.log_evidence, abs=1e-9)
 
 
 def test_per_parameter_precision_refusals():

@@ -471,3 +471,75 @@ def test_block_top_eigenvalues_against_dense_and_alpha_scale(net64, data64):
         block_top_eigenvalues(net64, CE, data64, slice(0, 2), k=2)
     with pytest.raises(ValueError, match="slice"):
         block_top_eigenvalues(net64, CE, data64, [0, 1], k=1)
+
+
+class _SkipSequential(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) + x
+
+
+class _ShiftedReLU(nn.ReLU):
+    def forward(self, x):
+        return torch.relu(x - 0.5)
+
+
+def _shared_layer_net():
+    torch.manual_seed(0)
+    hidden = nn.Linear(4, 4)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), hidden, nn.ReLU(), hidden, nn.ReLU(),
+                         nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: _SkipSequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3)), "subclass of nn.Sequential"),
+    (_shared_layer_net, "same object"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), _ShiftedReLU(), nn.Linear(4, 2)), "subclass of nn.ReLU"),
+])
+def test_structures_that_change_the_function_are_refused(build, match):
+    """Issue 10 #6: a Sequential subclass with a skip connection (outputs changed by 2.32), a
+    layer used twice (0.075) and a ReLU subclass with its own forward (0.57) were accepted."""
+    torch.manual_seed(0)
+    net = build()
+    with pytest.raises(ValueError, match=match):
+        alpha_scale(net, alpha_factors(len([m for m in net.modules()
+                                            if isinstance(m, nn.Linear)]), 3.0))
+
+
+def test_tied_parameters_and_hooks_are_refused():
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3))
+    net[2].weight = net[0].weight
+    with pytest.raises(ValueError, match="shared"):
+        alpha_scale(net, (2.0, 0.5))
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3))
+    net[1].register_forward_hook(lambda m, i, o: o + 1.0)
+    with pytest.raises(ValueError, match="hooks"):
+        alpha_scale(net, (2.0, 0.5))
+
+
+def test_explicit_probe_batch(net64):
+    """An explicit probe is used as given, and refused if the model cannot take it."""
+    x = torch.randn(5, net64[0].in_features, dtype=torch.float64)
+    assert torch.allclose(alpha_scale(net64, (2.0, 3.0, 1 / 6), probe=x)(x), net64(x))
+    bad = copy.deepcopy(net64)
+    bad[1] = nn.Identity()  # exact types, homogeneous: accepted and unchanged
+    alpha_scale(bad, (2.0, 3.0, 1 / 6))
+    with pytest.raises(ValueError, match="probe"):
+        alpha_scale(net64, (2.0, 3.0, 1 / 6), probe=torch.randn(5, 99, dtype=torch.float64))
+
+
+def test_probe_rejects_a_function_change(monkeypatch, net64):
+    import flatness.symmetries as sym
+
+    real = sym._layer_scales
+    monkeypatch.setattr(sym, "_layer_scales", lambda f: [(a, b * 1.01) for a, b in real(f)])
+    with pytest.raises(ValueError, match="differ from the original's"):
+        alpha_scale(net64, (2.0, 3.0, 1 / 6))
+
+
+def test_parameter_hessian_refuses_a_nan_loss(net64, data64):
+    """Issue 10 #14: a NaN loss gave an all-NaN Hessian."""
+    X, y = data64
+    X = X.clone()
+    X[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        parameter_hessian(net64, CE, (X, y), "0.weight")
