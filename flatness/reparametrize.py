@@ -16,7 +16,6 @@ import math
 import warnings
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
