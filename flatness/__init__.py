@@ -15,6 +15,7 @@ The modules read bottom-up, each one idea:
   :mod:`~flatness.evidence` (Laplace evidence, Occam factor), :mod:`~flatness.noise` (SGD noise
   scale), :mod:`~flatness.stability` (edge-of-stability bound);
 * experiments and their reading: :mod:`~flatness.sweeps`, :mod:`~flatness.stats`,
+  :mod:`~flatness.claims` (each claim of the debate as data, with its computed outcome),
   :mod:`~flatness.tables`, :mod:`~flatness.plotting`.
 
 Importing flatness has no side effects: no global seeds, no plotting styles. Call
@@ -33,6 +34,7 @@ __version__ = "0.2.0"
 from . import (  # noqa: E402
     cache,
     checks,
+    claims,
     curvature,
     data,
     evidence,
@@ -73,7 +75,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-__all__ = ["HessianOperator", "TrainConfig", "cache", "checks", "curvature", "data", "dense_hessian",
+__all__ = ["HessianOperator", "TrainConfig", "cache", "checks", "claims", "curvature", "data", "dense_hessian",
            "evaluate", "evidence", "exact_trace", "hessian_frobenius", "hessian_trace", "interpolate",
            "keskar_sharpness", "krylov", "landscape", "load_or_train", "models", "noise", "operators",
            "params", "plotting", "reparametrize", "seed_everything", "sharpness", "spectral_density",

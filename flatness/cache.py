@@ -168,27 +168,28 @@ def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
     """
     path = cache_path(config, directory)
     clean_stale_temporaries(path.parent)
-    model = build_model(config)
+    device = torch.device(config.device)
+    model = build_model(config).to(device)
     blob = None if retrain else _safe_load(path, config)
     if blob is not None:
         try:
             model.load_state_dict(blob["state_dict"])
         except Exception as err:  # the model definition changed under the same key
             _warn_retrain(path, err)
-            blob, model = None, build_model(config)  # a failed load may have copied some tensors
+            blob, model = None, build_model(config).to(device)  # a failed load may have copied some
     if blob is None:
         if config.init is not None:
             start, _ = load_or_train(config.init, directory, progress)
             model.load_state_dict(start.state_dict())
-        split = data_module.from_spec(config.data)
+        split = data_module.from_spec(config.data).to(device)
         options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                   if f.name not in ("model", "data", "init", "init_seed")}
+                   if f.name not in ("model", "data", "init", "init_seed", "device")}
         options["milestones"] = tuple(options["milestones"])
         every = options.pop("track_sharpness_every")
         callbacks = [SharpnessTracker(split.train, every)] if every else []
         history = train(model, split.train, test_data=split.test, progress=progress,
                         callbacks=callbacks, **options)
-        state = model.state_dict()
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         blob = {"config": config.to_json(), "state_dict": state, "history": history,
                 "checksum": state_checksum(state, history)}
         _atomic_save(blob, path)

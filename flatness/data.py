@@ -58,6 +58,11 @@ class Split:
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(self.X_train.shape[1:])
 
+    def to(self, device) -> "Split":
+        """The same split with every tensor on ``device``."""
+        return Split(self.X_train.to(device), self.y_train.to(device), self.X_test.to(device),
+                     self.y_test.to(device), self.num_classes)
+
     def __repr__(self) -> str:
         return (f"Split(train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
                 f"num_classes={self.num_classes})")

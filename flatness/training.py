@@ -121,25 +121,28 @@ def augment_signals(X: Tensor, generator: torch.Generator, shift: int = 0, scale
                     noise: float = 0.0) -> Tensor:
     """Random augmentation for 1-D signals (last axis): circular shift, amplitude, noise.
 
+    The random draws come from ``generator`` on the CPU whatever the device of ``X`` (a few
+    numbers per signal), so a run draws the same augmentations on every device.
+
     Args:
         X: a batch of signals ``(N, L)`` or ``(N, C, L)``.
-        generator: the random generator (explicit, for reproducibility).
+        generator: the random generator (explicit, for reproducibility), a CPU generator.
         shift: largest circular shift, in samples, in either direction.
         scale: amplitudes are multiplied by ``1 + U(-scale, scale)``.
         noise: standard deviation of added Gaussian noise.
     """
     n = X.shape[0]
     if shift:
-        offsets = torch.randint(-shift, shift + 1, (n,), generator=generator)
+        offsets = torch.randint(-shift, shift + 1, (n,), generator=generator).to(X.device)
         L = X.shape[-1]
-        idx = (torch.arange(L).unsqueeze(0) - offsets.unsqueeze(1)) % L
+        idx = (torch.arange(L, device=X.device).unsqueeze(0) - offsets.unsqueeze(1)) % L
         idx = idx.view(n, *([1] * (X.ndim - 2)), L).expand_as(X)
         X = torch.gather(X, -1, idx)
     if scale:
-        factors = 1 + scale * (2 * torch.rand(n, generator=generator) - 1)
+        factors = 1 + scale * (2 * torch.rand(n, generator=generator, dtype=X.dtype).to(X.device) - 1)
         X = X * factors.view(n, *([1] * (X.ndim - 1)))
     if noise:
-        X = X + noise * torch.randn(X.shape, generator=generator)
+        X = X + noise * torch.randn(X.shape, generator=generator, dtype=X.dtype).to(X.device)
     return X
 
 
@@ -181,7 +184,8 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
     Returns:
         A dict of per-epoch lists (``epoch``, ``steps``, ``lr``, ``batch_size``, ``train_loss``,
         ``train_acc`` and, with test data, ``test_loss``, ``test_acc``) and totals
-        (``epochs``, ``total_steps``, ``reached_target``, ``seconds``).
+        (``epochs``, ``total_steps``, ``reached_target``, ``seconds``) and the ``device`` it
+        ran on. Training runs where the model's parameters are; the data must be there too.
 
     Raises:
         TypeError: ``model`` not a module, ``train_data`` not a pair of tensors (a DataLoader
@@ -309,7 +313,7 @@ def train(model: nn.Module, train_data: Tuple[Tensor, Tensor], *, test_data=None
     if test_data is None:
         del hist["test_loss"], hist["test_acc"]
     hist.update(epochs=epoch, total_steps=steps, reached_target=reached,
-                seconds=time.perf_counter() - start)
+                seconds=time.perf_counter() - start, device=str(params[0].device))
     return hist
 
 
@@ -344,10 +348,15 @@ class TrainConfig:
     """Everything that determines a trained model; its hash keys the cache.
 
     Attributes:
-        model: a model description for :func:`flatness.data.from_spec`.
+        model: a model description for :func:`flatness.models.from_spec`.
         data: a dataset description for :func:`flatness.data.from_spec`.
         init_seed: seed of the weight initialization.
         init: warm start from the final weights of another configuration.
+        device: where the model trains (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``). The
+            device *type* enters the cache key, because the same run gives bitwise different
+            weights on different kinds of device; the index does not (``"cuda:0"`` and
+            ``"cuda:1"`` share a cache file). Cached weights are stored on the CPU and loaded
+            onto the configured device.
         The remaining fields are the keyword arguments of :func:`train`.
     """
 
@@ -369,6 +378,14 @@ class TrainConfig:
     batch_factor: int = 1
     track_sharpness_every: Optional[int] = None
     init: Optional["TrainConfig"] = None
+    device: str = "cpu"
+
+    def __post_init__(self):
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device: expected a torch device string such as 'cpu' or 'cuda', "
+                             f"got {self.device!r}") from None
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed."""
@@ -376,6 +393,11 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(_jsonable(dataclasses.asdict(self)), sort_keys=True)
+
+    def to_dict(self) -> dict:
+        """The configuration as plain JSON data, as it enters the cache key (the device reduced
+        to its type, recursively for ``init``)."""
+        return json.loads(self.to_json())
 
     def key(self) -> str:
         """The cache key: a hash of the full configuration."""
@@ -386,6 +408,8 @@ class TrainConfig:
 
 def _jsonable(obj):
     if isinstance(obj, dict):
+        if "device" in obj and isinstance(obj["device"], str) and "model" in obj:
+            obj = {**obj, "device": torch.device(obj["device"]).type}
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
