@@ -24,16 +24,18 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from . import data as data_module
 from .curvature import SharpnessTracker
-from .training import TrainConfig, build_model, train
+from .population import _batchable, _member_options, population_groups, train_population
+from .training import TrainConfig, _progress_enabled, _tqdm, build_model, train
 
-__all__ = ["cache_dir", "cache_path", "load_or_train", "state_checksum", "clean_stale_temporaries"]
+__all__ = ["cache_dir", "cache_path", "load_or_train", "load_or_train_many", "store", "state_checksum",
+           "clean_stale_temporaries"]
 
 
 def cache_dir() -> Path:
@@ -152,6 +154,24 @@ def _safe_load(path: Path, config: TrainConfig):
         return None
 
 
+def store(config: TrainConfig, model: nn.Module, history: dict,
+          directory: Optional[Path] = None) -> Path:
+    """Write a trained ``model`` and its ``history`` to the cache under ``config``'s key.
+
+    The file holds the configuration, the state dict (on the CPU), the history and their
+    checksum; it is written atomically. :func:`load_or_train` finds it afterwards.
+
+    Returns:
+        The file's path.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    blob = {"config": config.to_json(), "state_dict": state, "history": history,
+            "checksum": state_checksum(state, history)}
+    path = cache_path(config, directory)
+    _atomic_save(blob, path)
+    return path
+
+
 def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
                   progress: Optional[bool] = None, retrain: bool = False
                   ) -> Tuple[nn.Module, dict]:
@@ -189,9 +209,75 @@ def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
         callbacks = [SharpnessTracker(split.train, every)] if every else []
         history = train(model, split.train, test_data=split.test, progress=progress,
                         callbacks=callbacks, **options)
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        blob = {"config": config.to_json(), "state_dict": state, "history": history,
-                "checksum": state_checksum(state, history)}
-        _atomic_save(blob, path)
+        store(config, model, history, directory)
+        blob = {"history": history}
     model.eval()
     return model, copy.deepcopy(blob["history"])
+
+
+def load_or_train_many(configs: Sequence[TrainConfig], progress: Optional[bool] = None,
+                       directory: Optional[Path] = None) -> Tuple[List[nn.Module], List[dict]]:
+    """The trained models of many configurations, training the uncached ones as populations.
+
+    Configurations already in the cache are loaded (through
+    :func:`load_or_train`, which also retrains a corrupt file). The others are
+    grouped by :func:`population_groups` and each group is trained by
+    :func:`train_population` from :func:`flatness.training.build_model`'s initialization;
+    every member is written to the cache under its own configuration's key as soon as it
+    stops, in the file format of :func:`~flatness.cache.load_or_train`, which finds it later.
+    Configurations with a warm start or sharpness tracking are trained one by one by
+    :func:`~flatness.cache.load_or_train`. A configuration given twice is trained once.
+
+    Args:
+        configs: the configurations.
+        progress: show one tqdm bar (stderr) of the members still training.
+        directory: the cache folder (default :func:`flatness.cache.cache_dir`).
+
+    Returns:
+        ``(models, histories)`` in the order of ``configs``; the models are in eval mode.
+
+    Raises:
+        TypeError: ``configs`` not a sequence of :class:`~flatness.training.TrainConfig`.
+        ValueError: an empty ``configs``, and every error of :func:`train_population`.
+    """
+    if isinstance(configs, TrainConfig) or not isinstance(configs, Sequence):
+        raise TypeError(f"configs: expected a sequence of TrainConfig, got "
+                        f"{type(configs).__name__}")
+    if not configs:
+        raise ValueError("configs: the population is empty; give at least one configuration")
+    configs = list(configs)
+    groups = population_groups(configs)
+    unique: Dict[str, int] = {}
+    for i, c in enumerate(configs):
+        unique.setdefault(c.key(), i)
+    todo = [i for i in unique.values()
+            if _batchable(configs[i]) and not cache_path(configs[i], directory).exists()]
+    todo_set = set(todo)
+    show = _progress_enabled(progress)
+    bar = _tqdm(total=len(todo), desc="population", disable=not show or not todo)
+    try:
+        for group in groups:
+            members = [i for i in group if i in todo_set]
+            if not members:
+                continue
+            device = torch.device(getattr(configs[members[0]], "device", "cpu"))
+            split = data_module.from_spec(configs[members[0]].data)
+            if device.type != "cpu":
+                split = split.to(device)
+            models = [build_model(configs[i]).to(device) for i in members]
+            opts = [_member_options(configs[i], f"configs[{i}]") for i in members]
+
+            def done(k: int, history: dict, members=members, models=models) -> None:
+                bar.set_postfix(training=len(todo_set) - bar.n)
+                store(configs[members[k]], models[k], history, directory)
+
+            train_population(models, split.train, test_data=split.test, options=opts,
+                             on_member_done=done, bar=bar)
+    finally:
+        bar.close()
+    out_models, out_hists = [], []
+    for c in configs:
+        m, h = load_or_train(c, directory, progress)
+        out_models.append(m)
+        out_hists.append(h)
+    return out_models, out_hists
