@@ -2,33 +2,49 @@ r"""Batch-size sweeps: learning-rate scaling, warm starts and flatness summaries
 
 The tools behind the large-batch experiments of Keskar et al. (2017) and Yao et al. (2018):
 
-* :func:`scaled_lr` and :func:`batch_sweep` build the :class:`~flatness.training.TrainConfig` of
-  every run of a sweep over batch sizes and seeds, with the learning rate scaled with the batch
-  size and an epoch cap that gives every run the same learning-rate budget;
+* :func:`scaled_lr` and :func:`sweep_configs` build the :class:`~flatness.training.TrainConfig`
+  of every run of a sweep over batch sizes and seeds, with the learning rate scaled with the
+  batch size and an epoch cap that gives every run the same learning-rate budget;
 * :func:`warm_start` builds Keskar et al.'s Figure 5 runs: ``k`` epochs of small-batch training,
   then large-batch training to the same criterion;
 * :func:`flatness_summary` measures one trained network: accuracies, :math:`\lambda_{\max}` of
-  the Hessian with respect to the parameters and to the input, and Keskar's sharpness.
+  the Hessian with respect to the parameters and to the input, and Keskar's sharpness;
+* :func:`run_sweep` trains (through the cache) and measures every run of a sweep and returns one
+  record (a flat ``dict``) per run;
+* :func:`select` and :func:`group_records` pick and group records by their fields, and
+  :func:`records_table` turns groups of records into a Markdown table, one row per group, with
+  cells built by :func:`mean_std_cell`, :func:`value_cell`, :func:`fraction_cell`,
+  :func:`correlation_cell` and :func:`join_cells`;
+* :func:`comparison_table` and :func:`gap_table` show Keskar et al.'s SB-against-LB comparison
+  (:func:`flatness.stats.compare_by_group`) and the gap against its noise.
 
-Nothing here trains a model by itself: training goes through
-:func:`flatness.cache.load_or_train`, which caches every run. The statistics of a sweep's
-records are in :mod:`flatness.stats`.
+Training goes through :func:`flatness.cache.load_or_train`, which caches every run. The
+statistics of a sweep's records are in :mod:`flatness.stats`.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+import sys
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
+from tqdm import tqdm
 
+from . import data as data_module
+from .cache import load_or_train
 from .checks import check_positive, evaluation
 from .curvature import input_hessian_top_eigenvalues, top_eigenvalues
 from .sharpness import keskar_sharpness
-from .training import TrainConfig, evaluate
+from .stats import GroupComparison, rank_correlation
+from .tables import MarkdownTable, format_number, markdown_table, mean_pm
+from .training import TrainConfig, _progress_enabled, evaluate
 
-__all__ = ["LR_RULES", "scaled_lr", "batch_sweep", "warm_start", "sharpness_key",
-           "flatness_summary"]
+__all__ = ["LR_RULES", "scaled_lr", "sweep_configs", "warm_start", "sharpness_key",
+           "flatness_summary", "run_sweep", "select", "group_records", "records_table",
+           "mean_std_cell", "value_cell", "fraction_cell", "join_cells", "correlation_cell",
+           "COLUMNS", "comparison_table", "gap_table"]
 
 #: The learning-rate scaling rules of :func:`scaled_lr`: the exponent of ``B / B0``.
 LR_RULES = {"constant": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -75,10 +91,13 @@ def scaled_lr(base_lr: float, batch_size: int, base_batch: int = 64, rule: str =
     return float(lr)
 
 
-def batch_sweep(base: TrainConfig, batch_sizes: Sequence[int], seeds: Sequence[int],
-                base_batch: int = 64, rule: str = "sqrt",
-                max_lr: Optional[float] = None) -> Dict[Tuple[int, int], TrainConfig]:
-    r"""The configurations of a sweep over batch sizes and seeds.
+def sweep_configs(base: TrainConfig, batch_sizes: Sequence[int], seeds: Sequence[int],
+                  base_batch: int = 64, rule: str = "sqrt",
+                  max_lr: Optional[float] = None) -> Dict[Tuple[int, int], TrainConfig]:
+    r"""The configurations of a sweep over batch sizes and seeds (nothing is trained).
+
+    (Formerly ``batch_sweep``; renamed so that the name is not confused with a function that
+    runs a sweep, like :func:`run_sweep` or :func:`flatness.noise_sweep.batch_peak_sweep`.)
 
     ``base.lr`` is the learning rate at ``base_batch`` and is scaled by :func:`scaled_lr`.
     ``base.max_epochs`` is the epoch cap at ``base_batch``; at batch size ``B`` the cap becomes
@@ -104,7 +123,7 @@ def batch_sweep(base: TrainConfig, batch_sizes: Sequence[int], seeds: Sequence[i
 
     >>> base = TrainConfig(model={"name": "mlp"}, data={"name": "mnist1d"}, lr=0.1,
     ...                    target_train_acc=0.99, max_epochs=100)
-    >>> runs = batch_sweep(base, [16, 256], seeds=[0, 1])
+    >>> runs = sweep_configs(base, [16, 256], seeds=[0, 1])
     >>> [(B, s, c.lr, c.max_epochs) for (B, s), c in runs.items()]
     [(16, 0, 0.05, 50), (16, 1, 0.05, 50), (256, 0, 0.2, 200), (256, 1, 0.2, 200)]
     """
@@ -239,3 +258,371 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
                     model, loss_fn, train_data, eps=e, subspace_dim=p, seed=seed,
                     eval_mode=eval_mode))
     return out
+
+
+# --- running a sweep and reading its records -----------------------------------------------------
+
+def run_sweep(configs: Mapping[Hashable, TrainConfig], fields: Sequence[str] = (),
+              seed: int = 0, progress: Optional[bool] = None,
+              **summary_options) -> List[Dict[str, Any]]:
+    r"""Train (through the cache) and measure every run of a sweep: one record per run.
+
+    Every configuration is trained with :func:`flatness.cache.load_or_train` (so a cached run is
+    only loaded) and measured with :func:`flatness_summary` on the clean training and test sets
+    of its data specification (:func:`flatness.data.from_spec`; augmentation, if any, is part of
+    training only). Runs with equal :meth:`~flatness.training.TrainConfig.key` are measured once.
+
+    The record of run ``key`` holds, in this order:
+
+    * ``dict(zip(fields, key))`` (a key that is not a tuple counts as a 1-tuple);
+    * ``batch_size``, ``seed`` and ``lr`` of the configuration (unless ``fields`` named them);
+    * ``epochs``, ``steps`` (optimizer steps), ``reached`` (the training-accuracy target) from the
+      training history, and ``history``, the history itself (its ``"lambda_max"`` entry holds the
+      :math:`\lambda_{\max}` trajectory when the configuration tracks it);
+    * every entry of :func:`flatness_summary`, and ``eta_lambda``
+      :math:`= \eta\,\lambda_{\max}`, the distance to the stability bound 2 of plain gradient
+      descent (:func:`flatness.stability.stability_threshold`).
+
+    Args:
+        configs: ``{key: config}``; records come in this order.
+        fields: names of the components of every key.
+        seed: the measurement seed of :func:`flatness_summary`.
+        progress: a tqdm bar over the runs on stderr (default: on unless ``FLATNESS_PROGRESS=0``);
+            training itself runs without a bar.
+        **summary_options: passed to :func:`flatness_summary` (``eps``, ``subspace_dims``, ...).
+
+    Returns:
+        A list of records (dicts), one per configuration.
+
+    Raises:
+        TypeError: a value of ``configs`` that is not a :class:`~flatness.training.TrainConfig`.
+        ValueError: a key whose length differs from ``len(fields)``.
+    """
+    fields = list(fields)
+    for key, cfg in configs.items():
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"configs: expected TrainConfig values, got {type(cfg).__name__} "
+                            f"at {key!r}")
+        parts = key if isinstance(key, tuple) else (key,)
+        if len(parts) != len(fields):
+            raise ValueError(f"fields: {len(fields)} names for the key {key!r} of {len(parts)} "
+                             "components")
+    splits: Dict[str, Any] = {}
+    measured: Dict[str, Dict[str, float]] = {}
+    records = []
+    bar = tqdm(configs.items(), desc="runs", file=sys.stderr, leave=False,
+               disable=not _progress_enabled(progress))
+    for key, cfg in bar:
+        model, history = load_or_train(cfg, progress=False)
+        if cfg.key() not in measured:
+            spec = json.dumps(cfg.data, sort_keys=True)
+            if spec not in splits:
+                splits[spec] = data_module.from_spec(cfg.data)
+            split = splits[spec]
+            measured[cfg.key()] = flatness_summary(model, split.train, split.test, seed=seed,
+                                                   **summary_options)
+        summary = measured[cfg.key()]
+        record: Dict[str, Any] = dict(zip(fields, key if isinstance(key, tuple) else (key,)))
+        for name in ("batch_size", "seed", "lr"):
+            record.setdefault(name, getattr(cfg, name))
+        record.update(epochs=history["epochs"], steps=history["total_steps"],
+                      reached=history["reached_target"], history=history, **summary)
+        record["eta_lambda"] = cfg.lr * summary["lambda_max"]
+        records.append(record)
+    return records
+
+
+def select(records: Iterable[Mapping], **equal) -> List[Mapping]:
+    """The records whose fields equal the given values, in their order.
+
+    Args:
+        records: mappings (one per run).
+        **equal: ``field=value`` conditions, all of which must hold.
+
+    Returns:
+        A list of the matching records (the same objects).
+
+    Raises:
+        ValueError: a field that no record has (a misspelt condition would select nothing).
+
+    >>> rs = [{"rule": "sqrt", "batch_size": 64}, {"rule": "constant", "batch_size": 64}]
+    >>> select(rs, rule="sqrt")
+    [{'rule': 'sqrt', 'batch_size': 64}]
+    """
+    records = list(records)
+    for name in equal:
+        if not any(name in r for r in records):
+            raise ValueError(f"{name}: no record has this field")
+    return [r for r in records if all(name in r and r[name] == v for name, v in equal.items())]
+
+
+def group_records(records: Iterable[Mapping], by: Sequence[str]) -> Dict[tuple, List[Mapping]]:
+    """The records grouped by the values of the fields ``by``, in order of first appearance.
+
+    Args:
+        records: mappings (one per run).
+        by: field names; every record must have them.
+
+    Returns:
+        ``{(value, ...): [record, ...]}``, one entry per distinct tuple of values.
+
+    Raises:
+        ValueError: a record without one of the fields, or an empty ``by``.
+
+    >>> rs = [{"B": 400, "s": 0}, {"B": 64, "s": 0}, {"B": 400, "s": 1}]
+    >>> {k: len(v) for k, v in group_records(rs, ["B"]).items()}
+    {(400,): 2, (64,): 1}
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if not by:
+        raise ValueError("by: expected at least one field")
+    groups: Dict[tuple, List[Mapping]] = {}
+    for r in records:
+        missing = [name for name in by if name not in r]
+        if missing:
+            raise ValueError(f"by: field {missing[0]!r} is missing from a record with keys "
+                             f"{sorted(r)}")
+        groups.setdefault(tuple(r[name] for name in by), []).append(r)
+    return groups
+
+
+#: A cell of :func:`records_table`: a field name or a function of a group's records.
+Cell = Any
+
+
+def mean_std_cell(metric: str, scale: float = 1.0, digits: int = 2) -> Callable:
+    """A :func:`records_table` cell: ``"mean ± std"`` of ``scale * metric`` over the group.
+
+    The standard deviation is the sample one (``ddof=1``) and is left out for a single record
+    (:func:`flatness.tables.mean_pm`).
+
+    >>> mean_std_cell("acc", scale=100, digits=1)([{"acc": 0.5}, {"acc": 0.7}])
+    '60.0 ± 14.1'
+    """
+    return lambda rows: mean_pm([r[metric] for r in rows], digits=digits, scale=scale)
+
+
+def value_cell(metric: str, fmt: str = "{}") -> Callable:
+    """A :func:`records_table` cell: ``fmt`` applied to the first record's value of ``metric``.
+
+    For values that are equal within a group (the learning rate of a batch size, say), or
+    groups of one record.
+
+    >>> value_cell("lr", "{:.3g}")([{"lr": 0.50001}, {"lr": 0.50001}])
+    '0.5'
+    """
+    return lambda rows: fmt.format(rows[0][metric])
+
+
+def fraction_cell(metric: str) -> Callable:
+    """A :func:`records_table` cell: ``"k/n"``, the number of records whose ``metric`` is true.
+
+    >>> fraction_cell("reached")([{"reached": True}, {"reached": False}])
+    '1/2'
+    """
+    return lambda rows: f"{sum(bool(r[metric]) for r in rows)}/{len(rows)}"
+
+
+def join_cells(template: str, *cells: Cell) -> Callable:
+    """A :func:`records_table` cell that formats the texts of other cells into ``template``.
+
+    >>> rows = [{"train": 0.99, "test": 0.64}]
+    >>> join_cells("{} ({})", mean_std_cell("train", 100, 1), mean_std_cell("test", 100, 1))(rows)
+    '99.0 (64.0)'
+    """
+    return lambda rows: template.format(*(_cell_text(c, rows) for c in cells))
+
+
+def correlation_cell(x: str, metric: str, p_from: int = 10) -> Callable:
+    """A :func:`records_table` cell: Spearman's rank correlation of ``x`` and ``metric`` over the
+    group (:func:`flatness.stats.rank_correlation`), as ``"+0.52 (p = 0.027, n = 18)"``, the
+    p-value only with at least ``p_from`` records.
+
+    >>> rows = [{"B": B, "lam": l} for B, l in [(64, 3.0), (400, 2.0), (4000, 1.0)]]
+    >>> correlation_cell("B", "lam")(rows)
+    '-1.00 (n = 3)'
+    """
+    return lambda rows: rank_correlation(rows, x, metric).describe(p_from)
+
+
+def _stability_bound_cell(rows: Sequence[Mapping]) -> str:
+    return f"{2 / rows[0]['lr']:.2f}"
+
+
+#: The standard columns of :func:`run_sweep`'s records for :func:`records_table`, by header:
+#: the batch size, the learning rate, the stability bound :math:`2/\eta` of plain gradient
+#: descent, the mean ± std over the group of the epochs and steps, the fraction of runs that
+#: reached the target, the accuracies in percent, :math:`\lambda_{\max}` (of the parameter and
+#: of the input Hessian), :math:`\eta\lambda_{\max}` and Keskar's sharpness.
+COLUMNS: Dict[str, Cell] = {
+    "B": "batch_size",
+    "η": value_cell("lr", "{:.3g}"),
+    "2/η": _stability_bound_cell,
+    "epochs": mean_std_cell("epochs", digits=0),
+    "steps": mean_std_cell("steps", digits=0),
+    "target reached": fraction_cell("reached"),
+    "train acc, %": mean_std_cell("train_acc", 100, 1),
+    "test acc, %": mean_std_cell("test_acc", 100, 1),
+    "λ_max": mean_std_cell("lambda_max"),
+    "input λ_max": mean_std_cell("input_lambda_max", digits=1),
+    "η·λ_max": mean_std_cell("eta_lambda"),
+    "Keskar ε=1e-3": mean_std_cell(sharpness_key(1e-3)),
+    "Keskar ε=5e-4": mean_std_cell(sharpness_key(5e-4)),
+    "Keskar p=100 ε=1e-3": mean_std_cell(sharpness_key(1e-3, 100)),
+    "Keskar p=100 ε=5e-4": mean_std_cell(sharpness_key(5e-4, 100)),
+}
+
+
+def _cell_text(cell: Cell, rows: Sequence[Mapping]) -> str:
+    if isinstance(cell, str):
+        if cell in COLUMNS:
+            return _cell_text(COLUMNS[cell], rows)
+        if cell not in rows[0]:
+            raise ValueError(f"columns: {cell!r} is neither a standard column nor a field of "
+                             f"the records (keys: {sorted(rows[0])})")
+        return format_number(rows[0][cell])
+    if callable(cell):
+        value = cell(rows)
+        return value if isinstance(value, str) else format_number(value)
+    raise TypeError(f"columns: expected a field name or a function of the records, got "
+                    f"{type(cell).__name__}")
+
+
+def _columns(columns) -> List[Tuple[str, Cell]]:
+    if isinstance(columns, Mapping):
+        items = list(columns.items())
+    elif isinstance(columns, (str, bytes)):
+        raise TypeError("columns: expected a mapping or a sequence of columns, got a string")
+    else:
+        items = []
+        for c in columns:
+            if isinstance(c, str):
+                items.append((c, c))
+            elif isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str):
+                items.append(c)
+            else:
+                raise TypeError(f"columns: expected a name or a (header, cell) pair, got {c!r}")
+    if not items:
+        raise ValueError("columns: expected at least one column")
+    return items
+
+
+def records_table(records: Iterable[Mapping], columns,
+                  by: Sequence[str] = ("batch_size",)) -> MarkdownTable:
+    """A Markdown table of sweep records: one row per group of records, one column per cell.
+
+    The records are grouped by the fields ``by`` (:func:`group_records`, rows in order of first
+    appearance). A cell is
+
+    * a string: the name of a standard column (:data:`COLUMNS`: ``"B"``, ``"η"``,
+      ``"epochs"``, ``"test acc, %"``, ``"λ_max"``, ``"Keskar ε=1e-3"``, ...), or else a field,
+      whose value in the group's first record is shown (:func:`flatness.tables.format_number`;
+      the grouping fields, say);
+    * or a function of the group's list of records that returns a string or a number,
+      typically :func:`mean_std_cell`, :func:`value_cell`, :func:`fraction_cell`,
+      :func:`correlation_cell` or :func:`join_cells`.
+
+    Args:
+        records: mappings (one per run).
+        columns: ``{header: cell}``, or a sequence of column names (the header is the name; the
+            cell is the standard column or the field of that name) and ``(header, cell)`` pairs,
+            in column order.
+        by: the grouping fields.
+
+    Returns:
+        A :class:`flatness.tables.MarkdownTable`.
+
+    Raises:
+        ValueError: no records, no columns, a record without a grouping field, or a string
+            cell that is neither a standard column nor a field.
+        TypeError: a cell that is neither a string nor callable.
+
+    >>> rs = [{"batch_size": 64, "test_acc": 0.80, "reached": True, "opt": "sgd"},
+    ...       {"batch_size": 64, "test_acc": 0.84, "reached": True, "opt": "sgd"},
+    ...       {"batch_size": 400, "test_acc": 0.75, "reached": False, "opt": "sgd"}]
+    >>> print(records_table(rs, ["B", "test acc, %", ("done", "target reached"), "opt"]))
+    | B | test acc, % | done | opt |
+    |---|---|---|---|
+    | 64 | 82.0 ± 2.8 | 2/2 | sgd |
+    | 400 | 75.0 | 0/1 | sgd |
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("records: expected at least one record")
+    items = _columns(columns)
+    rows = [[_cell_text(cell, group) for _, cell in items]
+            for group in group_records(records, by).values()]
+    return markdown_table([h for h, _ in items], rows)
+
+
+def _spread_text(c: GroupComparison, scale: float) -> str:
+    return "n/a" if math.isnan(c.seed_spread) else f"{scale * c.seed_spread:.1f}"
+
+
+def _label(key: tuple, label: Optional[Callable]) -> str:
+    return " ".join(map(str, key)) if label is None else str(label(*key))
+
+
+def comparison_table(comparisons: Mapping[tuple, Mapping[str, GroupComparison]],
+                     metrics: Mapping[str, str], label: Optional[Callable] = None,
+                     accuracy: str = "test_acc") -> MarkdownTable:
+    """Keskar et al.'s Tables 2–4 for a sweep: SB against LB, one row per setting and LB size.
+
+    Columns: the setting, the large batch size, the SB and LB test accuracy in percent, the gap
+    SB − LB in percentage points with the seed spread in parentheses (``n/a`` without repeated
+    seeds), then ``"SB / LB (ratio×)"`` (:meth:`flatness.stats.GroupComparison.ratio_text`) for
+    every metric.
+
+    Args:
+        comparisons: the output of :func:`flatness.stats.compare_by_group`,
+            ``{(*group, LB): {metric: GroupComparison}}``; it must compare ``accuracy`` and
+            every key of ``metrics``.
+        metrics: ``{metric: column label}`` of the sharpness columns.
+        label: a function of the group's values (the key without LB) that names the setting
+            (default: the values joined by spaces).
+        accuracy: the accuracy metric (a fraction).
+
+    Returns:
+        A :class:`flatness.tables.MarkdownTable`.
+
+    Raises:
+        KeyError: a metric the comparisons do not hold.
+    """
+    rows = []
+    for key, comp in comparisons.items():
+        acc = comp[accuracy]
+        rows.append([_label(key[:-1], label), key[-1],
+                     f"{100 * acc.small_mean:.1f} / {100 * acc.large_mean:.1f}",
+                     f"{100 * acc.gap:+.1f} ({_spread_text(acc, 100)})"]
+                    + [comp[m].ratio_text() for m in metrics])
+    header = (["setting", "LB", "test acc SB / LB, %", "gap (seed spread), pp"]
+              + [f"{name}: SB / LB (ratio)" for name in metrics.values()])
+    return markdown_table(header, rows)
+
+
+def gap_table(comparisons: Mapping[tuple, Mapping[str, GroupComparison]], n_test: int,
+              label: Optional[Callable] = None, accuracy: str = "test_acc") -> MarkdownTable:
+    """The generalization gap SB − LB of every setting against its two yardsticks.
+
+    Columns: the setting, the large batch size, the gap in percentage points, the seed spread
+    (``n/a`` without repeated seeds), the sampling error of a difference of two accuracies on
+    ``n_test`` examples (:meth:`flatness.stats.GroupComparison.sampling_error`), and whether
+    ``|gap|`` exceeds the larger of the two (:meth:`flatness.stats.GroupComparison.noise`).
+
+    Args:
+        comparisons: the output of :func:`flatness.stats.compare_by_group`.
+        n_test: the number of test examples each accuracy was measured on.
+        label: see :func:`comparison_table`.
+        accuracy: the accuracy metric.
+
+    Returns:
+        A :class:`flatness.tables.MarkdownTable`.
+    """
+    rows = []
+    for key, comp in comparisons.items():
+        c = comp[accuracy]
+        rows.append([_label(key[:-1], label), key[-1], f"{100 * c.gap:+.1f}",
+                     _spread_text(c, 100), f"{100 * c.sampling_error(n_test):.1f}",
+                     "yes" if abs(c.gap) > c.noise(n_test) else "no"])
+    return markdown_table(["setting", "LB", "gap SB − LB, pp", "seed spread, pp",
+                           "sampling error, pp", "gap beyond the noise?"], rows)

@@ -1,4 +1,4 @@
-"""Tests of flatness.sweeps and flatness.stats: sweeps, warm starts, the stability bound, summaries, statistics."""
+"""Tests of flatness.sweeps: sweeps, warm starts, the stability bound, summaries, records and their tables."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ import torch
 from oracles import oracle_hessian
 from torch import nn
 
+from flatness import sweeps
+from flatness.cache import load_or_train
+from flatness.data import from_spec
 from flatness.sharpness import keskar_sharpness
 from flatness.stability import stability_threshold
-from flatness.stats import by_batch, compare_groups
-from flatness.sweeps import batch_sweep, flatness_summary, scaled_lr, sharpness_key, warm_start
+from flatness.stats import compare_by_group
+from flatness.sweeps import (COLUMNS, comparison_table, correlation_cell, flatness_summary, fraction_cell,
+                             gap_table, group_records, join_cells, mean_std_cell, records_table,
+                             run_sweep, scaled_lr, select, sharpness_key, sweep_configs, value_cell,
+                             warm_start)
 from flatness.training import TrainConfig
 
 BASE = TrainConfig(model={"name": "mlp", "input_dim": 4, "widths": [3], "num_classes": 3},
@@ -38,8 +44,8 @@ def test_scaled_lr_refuses(kwargs, match):
         scaled_lr(**args)
 
 
-def test_batch_sweep_equal_learning_rate_budget():
-    runs = batch_sweep(BASE, [16, 64, 4000], seeds=[0, 1, 2], rule="sqrt")
+def test_sweep_configs_equal_learning_rate_budget():
+    runs = sweep_configs(BASE, [16, 64, 4000], seeds=[0, 1, 2], rule="sqrt")
     assert len(runs) == 9 and list(runs)[:3] == [(16, 0), (16, 1), (16, 2)]
     N = 4000
     budgets = set()
@@ -53,8 +59,8 @@ def test_batch_sweep_equal_learning_rate_budget():
     assert budgets <= {1.0, 1.01}  # equal up to the rounding of the cap to whole epochs
 
 
-def test_batch_sweep_constant_rule_scales_epochs():
-    runs = batch_sweep(BASE, [64, 128], seeds=[0], rule="constant")
+def test_sweep_configs_constant_rule_scales_epochs():
+    runs = sweep_configs(BASE, [64, 128], seeds=[0], rule="constant")
     assert runs[(128, 0)].max_epochs == 2 * runs[(64, 0)].max_epochs
     assert runs[(128, 0)].lr == runs[(64, 0)].lr == 0.1
 
@@ -62,11 +68,11 @@ def test_batch_sweep_constant_rule_scales_epochs():
 @pytest.mark.parametrize("sizes,seeds,match", [
     ([], [0], "batch_sizes"), ([64, 64], [0], "batch_sizes"), ([64], [0, 0], "seeds"),
     ([0], [0], "batch_sizes"), ([64], [-1], "seeds")])
-def test_batch_sweep_refuses(sizes, seeds, match):
+def test_sweep_configs_refuses(sizes, seeds, match):
     with pytest.raises(ValueError, match=match):
-        batch_sweep(BASE, sizes, seeds)
+        sweep_configs(BASE, sizes, seeds)
     with pytest.raises(TypeError, match="base"):
-        batch_sweep({"lr": 0.1}, [64], [0])
+        sweep_configs({"lr": 0.1}, [64], [0])
 
 
 def test_warm_start():
@@ -170,43 +176,121 @@ def test_flatness_summary_refuses(tiny_split):
         flatness_summary(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)), train, test)
 
 
-# --- statistics --------------------------------------------------------------------------------
+# --- running a sweep ---------------------------------------------------------------------------
 
-RECORDS = [{"batch_size": B, "acc": a, "lam": l_} for B, a, l_ in [
-    (64, 0.80, 1.0), (64, 0.84, 3.0), (256, 0.78, 2.0), (256, 0.80, 2.0),
-    (4000, 0.70, 20.0), (4000, 0.76, 40.0)]]
-
-
-def test_by_batch():
-    rows = by_batch(RECORDS, "acc")
-    assert [r[0] for r in rows] == [64, 256, 4000]
-    B, mean, std, n = rows[0]
-    assert (mean, n) == (pytest.approx(0.82), 2)
-    assert std == pytest.approx(np.std([0.8, 0.84], ddof=1))
-    assert math.isnan(by_batch([{"batch_size": 1, "acc": 0.5}], "acc")[0][2])
+SMALL = TrainConfig(model={"name": "mlp", "input_dim": 40, "widths": [6], "num_classes": 10},
+                    data={"name": "mnist1d", "n_train": 200, "n_test": 60}, lr=0.05,
+                    batch_size=50, epochs=2, seed=0)
+FAST = {"eps": (1e-3,), "subspace_dims": (None,)}
 
 
-def test_compare_groups_against_hand_computation():
-    c = compare_groups(RECORDS, "lam", small=[64, 256], large=[4000])
-    assert c.small_mean == pytest.approx(2.0) and c.large_mean == pytest.approx(30.0)
-    assert c.ratio == pytest.approx(15.0) and c.gap == pytest.approx(-28.0)
-    assert c.small_std == pytest.approx(np.std([1, 3, 2, 2], ddof=1))
-    # pooled within-batch-size variance: (2 + 0 + 200) / 3
-    assert c.seed_spread == pytest.approx(math.sqrt(202 / 3))
-    assert (c.n_small, c.n_large) == (4, 2)
-    single = compare_groups([r for r in RECORDS if r["acc"] not in (0.84, 0.80, 0.76)], "acc",
-                            small=[256], large=[4000])
-    assert math.isnan(single.seed_spread) and math.isnan(single.large_std)
+def test_run_sweep_records_are_the_direct_measurements(cache, monkeypatch):
+    configs = {("a", 50, 0): SMALL, ("b", 50, 0): SMALL, ("a", 100, 1): SMALL.replace(batch_size=100, seed=1)}
+    calls = []
+    real = sweeps.flatness_summary
+    monkeypatch.setattr(sweeps, "flatness_summary", lambda *a, **k: calls.append(1) or real(*a, **k))
+    records = run_sweep(configs, fields=("group", "batch_size", "seed"), seed=3, progress=False, **FAST)
+    assert len(calls) == 2  # equal configurations are measured once
+    assert [r["group"] for r in records] == ["a", "b", "a"]
+    split = from_spec(SMALL.data)
+    for (group, B, s), cfg in configs.items():
+        r = records[list(configs).index((group, B, s))]
+        model, history = load_or_train(cfg, progress=False)
+        expected = real(model, split.train, split.test, seed=3, **FAST)
+        assert {k: r[k] for k in expected} == expected
+        assert (r["batch_size"], r["seed"], r["lr"]) == (cfg.batch_size, cfg.seed, cfg.lr)
+        assert (r["epochs"], r["steps"], r["reached"]) == (
+            history["epochs"], history["total_steps"], history["reached_target"])
+        assert r["history"] == history
+        assert r["eta_lambda"] == cfg.lr * expected["lambda_max"]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"small": [64], "large": [64, 4000]}, "share"), ({"small": [16], "large": [4000]}, "small"),
-    ({"small": [64], "large": [999]}, "large"), ({"metric": "loss"}, "metric")])
-def test_compare_groups_refuses(kwargs, match):
-    args = {"records": RECORDS, "metric": "acc", "small": [64], "large": [4000], **kwargs}
-    with pytest.raises(ValueError, match=match):
-        compare_groups(**args)
+def test_run_sweep_refuses(cache):
+    with pytest.raises(TypeError, match="configs"):
+        run_sweep({"x": {"lr": 0.1}}, fields=["k"])
+    with pytest.raises(ValueError, match="fields"):
+        run_sweep({("a", 1): SMALL}, fields=["k"])
+
+
+# --- records and their tables ------------------------------------------------------------------
+
+RUNS = [dict(setting="S", batch_size=64, seed=0, lr=0.2, epochs=40, steps=2500, reached=True,
+             train_acc=0.99, test_acc=0.80, lambda_max=4.0, input_lambda_max=12.0, eta_lambda=0.8,
+             **{"keskar_full_0.001": 5.0}),
+        dict(setting="S", batch_size=64, seed=1, lr=0.2, epochs=50, steps=3100, reached=False,
+             train_acc=0.98, test_acc=0.84, lambda_max=5.0, input_lambda_max=11.0, eta_lambda=1.0,
+             **{"keskar_full_0.001": 6.0}),
+        dict(setting="S", batch_size=400, seed=0, lr=0.5, epochs=100, steps=1000, reached=True,
+             train_acc=0.985, test_acc=0.75, lambda_max=4.1, input_lambda_max=10.0, eta_lambda=2.05,
+             **{"keskar_full_0.001": 7.0})]
+
+
+def test_select_and_group_records():
+    assert select(RUNS, batch_size=64, seed=1) == [RUNS[1]]
+    assert select(RUNS, batch_size=16) == []
+    with pytest.raises(ValueError, match="bacth_size"):
+        select(RUNS, bacth_size=64)
+    groups = group_records(RUNS, ["batch_size"])
+    assert list(groups) == [(64,), (400,)] and groups[64,] == RUNS[:2]
+    with pytest.raises(ValueError, match="by"):
+        group_records(RUNS, [])
+    with pytest.raises(ValueError, match="rule"):
+        group_records(RUNS, ["rule"])
+
+
+def test_cells_format_exactly():
+    std = np.std([80.0, 84.0], ddof=1)
+    assert mean_std_cell("test_acc", 100, 1)(RUNS[:2]) == f"82.0 ± {std:.1f}"
+    assert mean_std_cell("lambda_max")(RUNS[2:]) == "4.10"
+    assert value_cell("lr", "{:.3g}")(RUNS[2:]) == "0.5"
+    assert fraction_cell("reached")(RUNS) == "2/3"
+    assert join_cells("{} ({})", "B", "λ_max")(RUNS[:2]) == "64 (4.50 ± 0.71)"
+    assert correlation_cell("batch_size", "test_acc")(RUNS) == "-0.87 (n = 3)"
+
+
+def test_records_table_text():
+    table = records_table(RUNS, ["setting", "B", "η", "2/η", "epochs", "target reached",
+                                 ("acc", "test acc, %"), ("k", lambda rows: len(rows))],
+                          by=("setting", "batch_size"))
+    e_std, a_std = np.std([40, 50], ddof=1), np.std([80.0, 84.0], ddof=1)
+    assert str(table) == (
+        "| setting | B | η | 2/η | epochs | target reached | acc | k |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"| S | 64 | 0.2 | 10.00 | 45 ± {e_std:.0f} | 1/2 | 82.0 ± {a_std:.1f} | 2 |\n"
+        "| S | 400 | 0.5 | 4.00 | 100 | 1/1 | 75.0 | 1 |")
+    # a mapping gives the same table; every standard column is a function of the records
+    same = records_table(RUNS, {"setting": "setting", "B": "batch_size"}, by=("setting", "batch_size"))
+    assert str(same).splitlines()[2] == "| S | 64 |"
+    assert set(COLUMNS) >= {"B", "η", "λ_max", "Keskar ε=1e-3", "test acc, %", "η·λ_max"}
+
+
+def test_records_table_refuses():
     with pytest.raises(ValueError, match="records"):
-        compare_groups([], "acc", [64], [4000])
-    with pytest.raises(ValueError, match="batch_size"):
-        by_batch([{"acc": 1.0}], "acc")
+        records_table([], ["B"])
+    with pytest.raises(ValueError, match="columns"):
+        records_table(RUNS, [])
+    with pytest.raises(ValueError, match="neither a standard column"):
+        records_table(RUNS, ["no such column"])
+    with pytest.raises(TypeError, match="columns"):
+        records_table(RUNS, [("h", 3)])
+    with pytest.raises(TypeError, match="columns"):
+        records_table(RUNS, "B")
+
+
+def test_comparison_and_gap_tables():
+    rs = [dict(r, rule="sqrt") for r in RUNS]
+    comps = compare_by_group(rs, ["test_acc", "lambda_max"], small=[64], large=[400], by=["rule"])
+    c = comps["sqrt", 400]
+    table = comparison_table(comps, {"lambda_max": "λ_max"}, label=lambda rule: rule.upper())
+    spread = 100 * c["test_acc"].seed_spread
+    assert str(table).splitlines() == [
+        "| setting | LB | test acc SB / LB, % | gap (seed spread), pp | λ_max: SB / LB (ratio) |",
+        "|---|---|---|---|---|",
+        f"| SQRT | 400 | 82.0 / 75.0 | +7.0 ({spread:.1f}) | 4.5 / 4.1 ({4.1 / 4.5:.2f}×) |"]
+    sampling = math.sqrt((0.82 * 0.18 + 0.75 * 0.25) / 1000)
+    noise = max(sampling, c["test_acc"].seed_spread)
+    gaps = str(gap_table(comps, 1000)).splitlines()
+    assert gaps[2] == (f"| sqrt | 400 | +7.0 | {spread:.1f} | {100 * sampling:.1f} | "
+                       f"{'yes' if 0.07 > noise else 'no'} |")
+    single = compare_by_group([r for r in rs if r["seed"] == 0], ["test_acc"], [64], [400], ["rule"])
+    assert "| n/a |" in str(gap_table(single, 1000))
