@@ -213,17 +213,28 @@ def _check_reduction_attribute(loss_fn) -> None:
         raise ValueError(f"loss_fn: expected a mean-reduced loss, got reduction={reduction!r}")
 
 
-def _element_weights(loss_fn, y: Tensor):
-    """The weight of each sample in a class-index loss's mean: the sum over its positions of
-    the class weight of its label (0 for an ignored label)."""
-    ignore = getattr(loss_fn, "ignore_index", -100)
-    keep = y != ignore
+def sample_weights(loss_fn, y: Tensor) -> Tensor:
+    r"""The weight of each sample in a loss's mean over a batch (float64, on ``y``'s device).
+
+    With integer (class-index) targets, torch's mean divides the batch's sum by
+    :math:`\sum_i w_{y_i}` over the targets that are not the ignore index (the loss's
+    ``ignore_index``, else torch's default −100, which ``F.cross_entropy`` also skips): ``w``
+    are the class weights ``weight`` of an ``nn.CrossEntropyLoss`` / ``nn.NLLLoss``, 1 without
+    them, 0 for an ignored target, summed over the positions of a sample with several.
+    Floating-point targets weigh each sample by 1.
+
+    >>> sample_weights(nn.CrossEntropyLoss(weight=torch.tensor([1.0, 3.0])), torch.tensor([0, 1, -100])).tolist()
+    [1.0, 3.0, 0.0]
+    """
+    if y.is_floating_point() or y.dtype == torch.bool:
+        return torch.ones(len(y), dtype=torch.float64, device=y.device)
+    keep = y != getattr(loss_fn, "ignore_index", -100)
     weight = getattr(loss_fn, "weight", None) if isinstance(loss_fn, CLASS_INDEX_LOSSES) else None
     if weight is None:
         w = keep.to(torch.float64)
     else:
-        w = torch.where(keep, weight.detach().to(torch.float64)[y.clamp(0, weight.numel() - 1)
-                                                                 * keep], 0.0)
+        weight = weight.detach().to(dtype=torch.float64, device=y.device)
+        w = torch.where(keep, weight[y.clamp(0, weight.numel() - 1) * keep], 0.0)
     return w.reshape(len(y), -1).sum(1)
 
 
@@ -243,7 +254,7 @@ def check_reduction(loss_fn, batch=None) -> None:
     :math:`n \ge 2` samples, any callable is probed: split into halves of sizes
     :math:`n_1, n_2`,
 
-    .. math:: L(	ext{batch}) = rac{n_1 L(	ext{half}_1) + n_2 L(	ext{half}_2)}{n}
+    .. math:: L(\text{batch}) = \frac{n_1 L(\text{half}_1) + n_2 L(\text{half}_2)}{n}
 
     holds to rounding for a mean of per-sample losses, and fails for a sum, which is
     :math:`L_1 + L_2`. With integer targets (class labels) the weights are, as in torch's mean,
@@ -269,11 +280,7 @@ def check_reduction(loss_fn, batch=None) -> None:
     output = output.detach()
     n = output.shape[0]
     h = n // 2
-    if not target.is_floating_point() and target.dtype != torch.bool:
-        # class labels: torch's mean skips ignored labels (-100 unless the loss says otherwise)
-        w = _element_weights(loss_fn, target)
-    else:
-        w = torch.ones(n, dtype=torch.float64, device=output.device)
+    w = sample_weights(loss_fn, target)  # class labels: torch's mean skips ignored ones
     w1, w2 = float(w[:h].sum()), float(w[h:].sum())
     if w1 <= 0 or w2 <= 0:
         return

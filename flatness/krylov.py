@@ -64,7 +64,7 @@ from torch import Tensor
 from .checks import check_positive
 from .operators import as_operator
 
-__all__ = ["EigenResult", "LanczosResult", "LanczosDecomposition", "random_vector",
+__all__ = ["tridiagonal", "ritz_converged", "EigenResult", "LanczosResult", "LanczosDecomposition", "random_vector",
            "lanczos_decomposition", "ritz_error_estimates", "lanczos", "krylov_trace",
            "slq_quadrature", "LogDetEstimate", "stochastic_logdet"]
 
@@ -145,6 +145,21 @@ class EigenResult:
 LanczosResult = EigenResult
 
 
+def tridiagonal(alphas, betas) -> np.ndarray:
+    """The symmetric tridiagonal matrix with diagonal ``alphas`` and off-diagonal ``betas``
+    (the first ``len(alphas) - 1`` of them).
+
+    >>> tridiagonal([1.0, 2.0], [0.5]).tolist()
+    [[1.0, 0.5], [0.5, 2.0]]
+    """
+    m = len(alphas)
+    T = np.diag(np.asarray(alphas, dtype=float))
+    if m > 1:
+        off = np.asarray(betas[:m - 1], dtype=float)
+        T += np.diag(off, 1) + np.diag(off, -1)
+    return T
+
+
 @dataclass
 class LanczosDecomposition:
     r"""The state of :func:`lanczos_decomposition` after :math:`m` steps.
@@ -181,12 +196,7 @@ class LanczosDecomposition:
 
     def tridiagonal(self) -> np.ndarray:
         """The tridiagonal matrix of ``alphas`` and ``betas``."""
-        m = self.size
-        T = np.diag(np.asarray(self.alphas, dtype=float))
-        if m > 1:
-            off = np.asarray(self.betas[:m - 1], dtype=float)
-            T += np.diag(off, 1) + np.diag(off, -1)
-        return T
+        return tridiagonal(self.alphas, self.betas)
 
     def projected_matrix(self) -> np.ndarray:
         r""":math:`Q^\top A Q`: the tridiagonal plus, for each restart at ``j``, the couplings
@@ -369,6 +379,29 @@ def ritz_error_estimates(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray
     return np.minimum(r, quad)
 
 
+def ritz_converged(theta: np.ndarray, estimates: np.ndarray, k: int, tol: float, which: str,
+                   size: int, dim: int):
+    r"""The stopping rule of :func:`lanczos` for one Krylov basis of ``size`` vectors.
+
+    The ``k`` wanted Ritz values (by ``which``) are accepted when each error estimate satisfies
+    :math:`e_i \le \mathrm{tol}\,\max(|\theta_i|, f)` and, unless the basis spans the whole
+    space, the next Ritz value meets :math:`\sqrt{\mathrm{tol}}` (its neighbour must be roughly
+    resolved for the gap in :math:`e_i` to be trustworthy); :math:`f = 10^{-12}\max|\theta|`.
+
+    Returns:
+        ``(accepted, wanted indices, f)``.
+    """
+    order = _order(theta, which)
+    wanted = order[:k]
+    floor = 1e-12 * max(float(np.abs(theta).max()), np.finfo(float).tiny)
+    ok = size >= k and bool(np.all(estimates[wanted] <= tol * np.maximum(np.abs(theta[wanted]),
+                                                                          floor)))
+    if ok and size < dim:
+        ok = size > k and bool(estimates[order[k]] <= math.sqrt(tol)
+                               * max(abs(theta[order[k]]), floor))
+    return ok, wanted, floor
+
+
 def _ritz(dec: LanczosDecomposition):
     """Rayleigh–Ritz on the basis: values, vectors of the projection, residual norms."""
     theta, S = np.linalg.eigh(dec.projected_matrix())
@@ -451,16 +484,6 @@ def lanczos(operator, dim: Optional[int] = None, k: int = 1, tol: float = 1e-3,
         _check_start(v0, n)
     state = {"accepted": None, "check_from": None, "converged": False}
 
-    def wanted_converged(theta, est, m):
-        order = _order(theta, which)
-        wanted = order[:k]
-        floor = 1e-12 * max(float(np.abs(theta).max()), np.finfo(float).tiny)
-        ok = m >= k and bool(np.all(est[wanted] <= tol * np.maximum(np.abs(theta[wanted]),
-                                                                      floor)))
-        if ok and m < n:
-            ok = m > k and bool(est[order[k]] <= math.sqrt(tol) * max(abs(theta[order[k]]),
-                                                                        floor))
-        return ok, wanted, floor
 
     def segment_resolved(dec, floor):
         start = dec.restarts[-1] if dec.restarts else 0
@@ -477,7 +500,7 @@ def lanczos(operator, dim: Optional[int] = None, k: int = 1, tol: float = 1e-3,
     def callback(dec):
         theta, _, res = _ritz(dec)
         est = ritz_error_estimates(theta, res)
-        ok, wanted, floor = wanted_converged(theta, est, dec.size)
+        ok, wanted, floor = ritz_converged(theta, est, k, tol, which, dec.size, n)
         if not ok:
             return None
         if k == 1 and not dec.restarts and not dec.invariant:

@@ -52,6 +52,7 @@ from .checks import (
     evaluation,
     materialize,
     num_samples,
+    sample_weights,
     trainable_parameters,
 )
 
@@ -243,21 +244,8 @@ def _prepare(model: nn.Module, data, dtype: Optional[torch.dtype]):
 
 
 def _loss_weight(loss_fn, X: Tensor, y: Tensor) -> float:
-    r"""The normalizer of ``loss_fn``'s mean over one batch.
-
-    ``nn.CrossEntropyLoss``/``nn.NLLLoss`` with class-index targets divide by
-    :math:`\sum_i w_{y_i}` over the non-ignored targets (the class weights ``weight``, 1 without
-    them; 0 for ``ignore_index``); every other mean-reduced loss is taken to be a per-sample
-    mean, normalized by the number of samples.
-    """
-    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)) and not y.is_floating_point():
-        keep = y != getattr(loss_fn, "ignore_index", -100)
-        weight = getattr(loss_fn, "weight", None)
-        if weight is None:
-            return float(keep.sum())
-        w = weight.detach().to(torch.float64).to(y.device)
-        return float(torch.where(keep, w[y.clamp(0, w.numel() - 1)], 0.0).sum())
-    return float(X.shape[0])
+    """The normalizer of ``loss_fn``'s mean over one batch (:func:`flatness.checks.sample_weights`)."""
+    return float(sample_weights(loss_fn, y).sum())
 
 
 class HessianOperator(SymmetricOperator):

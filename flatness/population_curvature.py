@@ -34,12 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_reduction, materialize
-from .curvature import EigenResult
+from .krylov import _WHICH, BREAKDOWN, EigenResult, ritz_converged, ritz_error_estimates, tridiagonal
 from .population import _check_population, population_forward, stack_parameters
 
 __all__ = ["PopulationHessian", "population_top_eigenvalues"]
 
-_WHICH = ("LA", "SA", "LM")
 
 
 class PopulationHessian:
@@ -116,35 +115,6 @@ class PopulationHessian:
                                      retain_graph=True)
         self.products += 1
         return torch.cat([h.reshape(P, -1) for h in hv], dim=1).detach()
-
-
-def _order(theta: np.ndarray, which: str) -> np.ndarray:
-    if which == "LA":
-        return np.argsort(-theta, kind="stable")
-    if which == "SA":
-        return np.argsort(theta, kind="stable")
-    return np.argsort(-np.abs(theta), kind="stable")
-
-
-def _error_bounds(theta: np.ndarray, last_row: np.ndarray, beta: float) -> np.ndarray:
-    """:math:`e_i = \\min(r_i, r_i^2/\\delta_i)` (see the module docstring)."""
-    r = abs(beta) * np.abs(last_row)
-    if theta.size == 1:
-        return r
-    diff = np.abs(theta[:, None] - theta[None, :]) - r[None, :]
-    np.fill_diagonal(diff, np.inf)
-    gap = diff.min(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        quad = np.where(gap > 0, r ** 2 / np.where(gap > 0, gap, 1.0), np.inf)
-    return np.minimum(r, quad)
-
-
-def _tridiagonal(alphas, betas) -> np.ndarray:
-    T = np.diag(np.asarray(alphas, dtype=float))
-    if len(alphas) > 1:
-        off = np.asarray(betas[:len(alphas) - 1], dtype=float)
-        T += np.diag(off, 1) + np.diag(off, -1)
-    return T
 
 
 def population_top_eigenvalues(models: Sequence[nn.Module], loss_fn, data, k: int = 1,
@@ -234,24 +204,18 @@ def population_top_eigenvalues(models: Sequence[nn.Module], loss_fn, data, k: in
         for a, i in enumerate(active):
             alphas[i].append(float(diag[a]))
             beta = float(norms[a])
-            theta, S = np.linalg.eigh(_tridiagonal(alphas[i], betas[i]))
-            scale = max(float(np.abs(theta).max()), np.finfo(float).tiny)
-            invariant = beta <= 1e-12 * scale
-            bounds = _error_bounds(theta, S[-1], 0.0 if invariant else beta)
-            order = _order(theta, which)
-            wanted = order[:k]
-            floor = 1e-12 * scale
-            done = m >= k and bool(np.all(bounds[wanted] <= tol * np.maximum(
-                np.abs(theta[wanted]), floor)))
-            if done and m < dim:  # the next Ritz value must be roughly resolved as well
-                done = m > k and bounds[order[k]] <= math.sqrt(tol) * max(
-                    abs(theta[order[k]]), floor)
+            theta, S = np.linalg.eigh(tridiagonal(alphas[i], betas[i]))
+            scale = max(max(abs(x) for x in alphas[i]), max(betas[i], default=0.0), beta)
+            invariant = beta <= BREAKDOWN * scale  # the breakdown rule of the Krylov core
+            residual = 0.0 if invariant else beta
+            bounds = ritz_error_estimates(theta, residual * np.abs(S[-1]))
+            done, wanted, _ = ritz_converged(theta, bounds, k, tol, which, m, dim)
             if done or m == budget:
                 vecs = None
                 if return_eigenvectors:
                     Sw = torch.from_numpy(S[:, wanted].copy()).to(H.device)
                     vecs = (Q[i, :m].T @ Sw).cpu().numpy()
-                residuals = (0.0 if invariant else beta) * np.abs(S[-1, wanted])
+                residuals = residual * np.abs(S[-1, wanted])
                 results[i] = EigenResult(
                     eigenvalues=theta[wanted].copy(), eigenvectors=vecs,
                     error_estimates=bounds[wanted].copy(), residuals=residuals, products=m,
