@@ -33,6 +33,14 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export OPENBLAS_NUM_THREADS := 1
+# Every chapter writes its claims to $(FLATNESS_CLAIMS_DIR)/<quick|full>/<chapter>.json
+# (flatness.claims.write_claims); tools/scoreboard.py gathers them into the staged scoreboard page.
+# SCOREBOARD_STRICT=1: a chapter without a claims file fails the build (0 lists it on the page).
+export FLATNESS_CLAIMS_DIR ?= $(CURDIR)/_build/claims
+SCOREBOARD_STRICT ?= 0
+SCOREBOARD = $(BIN)/python tools/scoreboard.py --toc _toc.yml --page scoreboard.md \
+  --claims $(FLATNESS_CLAIMS_DIR)/$(MODE) --mode $(MODE) \
+  $(if $(filter 1,$(SCOREBOARD_STRICT)),--strict,--no-strict)
 
 .PHONY: help env book test unit nbval notebooks html preview lab expected normalize clean clean-cache
 
@@ -40,6 +48,8 @@ help:
 	@echo "make book        set up .venv, execute every chapter (full mode), render _build/html"
 	@echo "QUICK=1 make book  the same in quick mode (minutes on a laptop CPU)"
 	@echo "make test        unit tests + doctests, every chapter in quick mode under nbval, quick book"
+	@echo "make pdf         the book as one PDF (_build/latex/book.pdf; QUICK=1 for quick mode)"
+	@echo "make browser-test  every page of _build/html in headless Chromium, offline"
 	@echo "make lab         JupyterLab on the chapters"
 	@echo "make expected CHAPTER=chapters/NAME.ipynb  refresh the outputs nbval compares"
 	@echo "make normalize   put every chapter notebook in canonical form (stable ids, no stray outputs)"
@@ -53,6 +63,16 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (flatness book)" > /dev/null
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# The environment's Jupyter configuration (tools/jupyter/): JupyterLab's kernels get CurveZMQ
+# transport encryption, and the kernels papermill and nbval start (which read no Jupyter
+# configuration, so cannot be encrypted) do not log "Kernel is running over TCP without encryption".
+JUPYTER_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.py $(VENV)/etc/jupyter/jupyter_server_config.json
+$(STAMP): | $(JUPYTER_CONFIG)
+$(VENV)/etc/ipython/ipython_kernel_config.py: tools/jupyter/ipython_kernel_config.py
+	@mkdir -p $(@D) && cp $< $@
+$(VENV)/etc/jupyter/jupyter_server_config.json: tools/jupyter/jupyter_server_config.json
+	@mkdir -p $(@D) && cp $< $@
 
 # Execute one chapter with papermill; re-run only when the notebook or flatness changed.
 $(EXEC_DIR)/%.ipynb: chapters/%.ipynb $(LIBRARY) | $(STAMP)
@@ -72,6 +92,7 @@ html: $(EXECUTED)
 	@cp $(PAGES) $(STAGE_DIR)/ 2>/dev/null || true
 	@cp $(wildcard chapters/*.md) $(STAGE_DIR)/chapters/ 2>/dev/null || true
 	@cp $(EXECUTED) $(STAGE_DIR)/chapters/
+	$(SCOREBOARD) --out $(STAGE_DIR)/scoreboard.md
 	@if [ -d images ]; then cp -r images $(STAGE_DIR)/; fi
 	@if [ -d benchmarks/results ]; then mkdir -p $(STAGE_DIR)/benchmarks && cp -r benchmarks/results $(STAGE_DIR)/benchmarks/; fi
 	$(BIN)/jupyter-book config sphinx $(STAGE_DIR) > /dev/null
@@ -80,6 +101,12 @@ html: $(EXECUTED)
 	@echo "book: $(CURDIR)/_build/html/index.html ($(MODE) mode)"
 
 book: html
+
+# The scoreboard page alone, from the claims of the executed chapters, without building the book.
+.PHONY: scoreboard
+scoreboard: $(EXECUTED)
+	$(SCOREBOARD) --out _build/scoreboard-$(MODE).md
+	@echo "scoreboard: $(CURDIR)/_build/scoreboard-$(MODE).md ($(MODE) mode)"
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests flatness tools --doctest-modules -p no:cacheprovider
@@ -91,6 +118,38 @@ nbval: $(STAMP)
 
 test: unit nbval
 	$(MAKE) --no-print-directory html QUICK=1
+	@if command -v chromium >/dev/null 2>&1; then $(MAKE) --no-print-directory browser-test; \
+	else echo "browser check skipped: no chromium on PATH (apt-get install chromium; .ci/run does)"; fi
+	@if command -v xelatex >/dev/null 2>&1 && command -v latexmk >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory pdf QUICK=1; \
+	else echo "PDF build skipped: no TeX Live (make pdf-deps installs it; .ci/run does)"; fi
+
+# Load every page of the built book (_build/html) in headless Chromium with the network off and
+# fail on what a reader would see wrong; known defects are listed in tests/browser/known_defects.txt.
+browser-test: $(STAMP)
+	@test -f _build/html/index.html || (echo "no _build/html: run make html first" && exit 2)
+	$(BIN)/python tests/browser/check_book.py _build/html --allow tests/browser/known_defects.txt
+
+# The whole book as one PDF (_build/latex/book.pdf): the staged source of `make html` through
+# Sphinx's LaTeX builder and xelatex; TeX Live comes from Debian's packages, installed when missing
+# (as root). tools/pdf_check.py then checks that every page of _toc.yml is in it.
+TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended \
+  texlive-xetex fonts-freefont-otf poppler-utils
+.PHONY: browser-test pdf pdf-deps
+pdf-deps:
+	@if ! command -v latexmk >/dev/null || ! command -v xelatex >/dev/null || ! command -v pdftotext >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing TeX Live (Debian packages, about 570 MB)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES) > /dev/null; \
+	  else echo "make pdf needs: sudo apt-get install --no-install-recommends $(TEX_PACKAGES)"; exit 1; fi; fi
+
+pdf: html pdf-deps
+	@rm -rf _build/latex
+	$(BIN)/sphinx-build -W --keep-going -q -b latex $(STAGE_DIR) _build/latex
+	@kpsewhich bbm.sty > /dev/null || cp tools/latex/bbm.sty _build/latex/
+	@cd _build/latex && latexmk -xelatex -interaction=nonstopmode -halt-on-error book.tex > latexmk.log 2>&1 \
+	  || (tail -40 latexmk.log; echo "latexmk failed: $(CURDIR)/_build/latex/latexmk.log"; exit 1)
+	$(BIN)/python tools/pdf_check.py _build/latex/book.pdf --toc $(STAGE_DIR)/_toc.yml
+	@echo "pdf: $(CURDIR)/_build/latex/book.pdf ($(MODE) mode)"
 
 # Preview one chapter as a small book (for writing a chapter without executing the others).
 preview: | $(STAMP)

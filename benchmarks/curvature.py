@@ -23,8 +23,9 @@ For each model (the MNIST-1D MLP, the 1-D CNN, a wider MLP), trained briefly thr
 
 Every figure is the median of at least three timed repeats after a warm-up, with the methods
 interleaved. Records ``{"model", "task", "method", "products", "seconds", "rel_error",
-"setting"}`` go to ``--out`` (default ``benchmarks/results/curvature.json``, written atomically)
-and a markdown table beside it. Peers that are not installed are skipped with a note
+"setting"}`` go to ``--out`` (default ``benchmarks/results/curvature.json``, the committed
+results the book renders; with ``--quick`` ``_build/benchmarks/curvature.json``, so a quick run
+never replaces them), written atomically, and a markdown table beside it. Peers that are not installed are skipped with a note
 (``pip install -r benchmarks/requirements.txt``). ``--quick`` runs only the MLP, with fewer
 repetitions.
 """
@@ -58,13 +59,16 @@ from torch import nn  # noqa: E402
 from flatness import curvature, operators  # noqa: E402
 from flatness.data import mnist1d  # noqa: E402
 from flatness.exact_trace import piecewise_linear_trace  # noqa: E402
-from flatness.training import TrainConfig, load_or_train  # noqa: E402
+from flatness.cache import load_or_train  # noqa: E402
+from flatness.training import TrainConfig  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
 TOL = 1e-3
 SEEDS = (0, 1, 2)
 BUDGETS = (10, 30, 100)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "curvature.json"
+# A --quick run is a smoke test: it must never replace the committed full-run results.
+QUICK_OUT = Path(__file__).resolve().parent.parent / "_build" / "benchmarks" / "curvature.json"
 
 
 def model_config(spec: dict, channels: bool) -> TrainConfig:
@@ -150,11 +154,18 @@ def pyhessian_counted(ph):
 def pyhessian_object(ph, model, data):
     """PyHessian's ``hessian`` on the full batch. It calls ``model.eval()`` and leaves a
     ``create_graph`` gradient in ``.grad``, which it would add to on the next construction:
-    clear it before and after, and restore the caller's mode."""
+    clear it before and after, and restore the caller's mode.
+
+    PyHessian builds that gradient with ``loss.backward(create_graph=True)``, for which torch
+    warns of a reference cycle between each parameter and its ``.grad``; the callers break the
+    cycle (``clear_grads``), so that one warning, raised inside PyHessian, is silenced here."""
     clear_grads(model)
     mode = model.training
     try:
-        return ph.hessian(model, LOSS, data=data, cuda=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True",
+                                    category=UserWarning)
+            return ph.hessian(model, LOSS, data=data, cuda=False)
     finally:
         model.train(mode)
 
@@ -543,10 +554,26 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def output_path(out: Optional[Path], quick: bool) -> Path:
+    """Where the JSON results go: ``out`` when given, else the committed full-run results, or
+    ``_build/benchmarks/`` for a ``--quick`` run, which must never replace them.
+
+    >>> output_path(None, quick=True) == QUICK_OUT != DEFAULT_OUT == output_path(None, quick=False)
+    True
+    >>> output_path(Path("x.json"), quick=True)
+    PosixPath('x.json')
+    """
+    if out is not None:
+        return Path(out)
+    return QUICK_OUT if quick else DEFAULT_OUT
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the MLP, fewer repetitions")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON output path (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
+                             f"with --quick {QUICK_OUT.relative_to(QUICK_OUT.parents[2])})")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(MODELS)}")
     parser.add_argument("--keep-others", action="store_true",
                         help="keep the records of other models already in --out")
@@ -626,7 +653,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "total_seconds": round(time.perf_counter() - start, 1), "tolerance": TOL,
               "checks": checks, "notes": notes, "records": records}
-    out = Path(args.out)
+    out = output_path(args.out, args.quick)
     if args.keep_others and out.exists():
         old = json.loads(out.read_text())
         kept = [r for r in old["records"] if r["model"] not in names]
