@@ -1,4 +1,5 @@
-"""Tests of flatness.noise: the SGD noise scale and the peak and slope estimators."""
+"""Tests of flatness.noise (the SGD noise scale, the peak and slope estimators) and of
+flatness.noise_sweep (the batch-size peak and how it moves)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from flatness import noise, stats
+from flatness import noise, noise_sweep, stats
 
 
 def test_noise_scale_formulas():
@@ -117,3 +118,72 @@ def test_loglog_fit_against_numpy_polyfit():
         stats.loglog_fit([2, 2, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="positive"):
         stats.loglog_fit([1, 2, 3], [1, -2, 3])
+
+
+# --- flatness.noise_sweep: the batch-size peak and how it moves -----------------------------
+
+
+def _fake_train(peak_of, diverge=()):
+    """A stand-in for load_or_train: test accuracy a parabola in ln B peaking at peak_of(config)."""
+    def train(config):
+        lr, B, n, seed = config
+        if B in diverge:
+            raise ValueError("loss is NaN")
+        return None, {"test_acc": [0.0, 0.9 - 0.01 * (math.log(B) - math.log(peak_of(lr, n, seed))) ** 2]}
+    return train
+
+
+def _config(lr, B, n, seed):
+    return (lr, B, n, seed)
+
+
+BATCHES = [4, 8, 16, 32, 64, 128, 256]
+
+
+def test_batch_peak_sweep_finds_the_vertex_of_a_parabola_in_log_b():
+    """The window's least-squares parabola through exact parabola values has the exact vertex."""
+    train = _fake_train(lambda lr, n, seed: 20.0 * (1 + seed))
+    run = noise_sweep.batch_peak_sweep(_config, 0.1, 100, BATCHES, [0, 1], window=5, train=train)
+    assert list(run["batches"]) == [4, 8, 16, 32, 64]           # B ≤ N only
+    assert run["b_opt_seeds"] == pytest.approx([20.0, 40.0], rel=1e-9)
+    assert run["interior"] and not run["diverged"].any()
+    assert run["acc"].shape == (2, 5) and np.array_equal(run["mean"], run["acc"].mean(0))
+    diverging = _fake_train(lambda lr, n, seed: 20.0, diverge={4})
+    run = noise_sweep.batch_peak_sweep(_config, 0.1, 1000, BATCHES, [0], train=diverging)
+    assert run["diverged"][0, 0] and run["acc"][0, 0] == 0.1
+    with pytest.raises(ValueError, match="batches"):
+        noise_sweep.batch_peak_sweep(_config, 0.1, 5, BATCHES, [0], train=train)
+
+
+def test_final_test_accuracy_reports_divergence():
+    assert noise_sweep.final_test_accuracy((0.1, 4, 10, 0), train=_fake_train(lambda *a: 4.0)) == (0.9, False)
+    assert noise_sweep.final_test_accuracy((0.1, 4, 10, 0), chance=0.5,
+                                           train=_fake_train(lambda *a: 4.0, diverge={4})) == (0.5, True)
+
+
+def test_optimum_slope_of_a_linear_law_is_one():
+    """B_opt = 200 ε exactly: slope 1, standard error 0, for the mean and for each seed."""
+    train = _fake_train(lambda lr, n, seed: 200 * lr)
+    runs = [noise_sweep.batch_peak_sweep(_config, lr, 1000, BATCHES, [0, 1], train=train)
+            for lr in (0.1, 0.2, 0.4)]
+    slope, used = noise_sweep.optimum_slope(runs, "lr")
+    assert len(used) == 3 and slope["fit"].slope == pytest.approx(1.0, abs=1e-9)
+    assert slope["fit"].stderr == pytest.approx(0.0, abs=1e-9)
+    assert slope["seed_slopes"] == pytest.approx([1.0, 1.0], abs=1e-9)
+    assert noise_sweep.format_slope(slope).startswith("1.00 ± 0.00 (per seed 1.00 to 1.00)")
+    assert noise_sweep.optimum_slope(runs[:1], "lr")[0] is None and noise_sweep.format_slope(None) == "—"
+    table = str(noise_sweep.peak_table(runs))
+    assert table.count("\n") == 4 and "| ε = 0.1, N = 1000 | 20.0 |" in table
+
+
+def test_collapse_spread():
+    """Zero for curves equal up to a shift in y; for a triangle and its copy shifted by one octave
+    the gap over the shared octave is |1 − 2u| at the fraction u, mean 13/25 on 25 points."""
+    assert noise_sweep.collapse_spread([[1, 2, 4], [1, 2, 4]], [[0, 1, 0], [5, 6, 5]]) == 0.0
+    shifted = noise_sweep.collapse_spread([[1, 2, 4], [2, 4, 8]], [[0, 1, 0], [0, 1, 0]])
+    assert shifted == pytest.approx(13 / 25)
+    assert math.isnan(noise_sweep.collapse_spread([[1, 2], [4, 8]], [[0, 1], [0, 1]]))
+    # decreasing abscissae (g = εN/B falls as B grows) are sorted first
+    assert noise_sweep.collapse_spread([[4, 2, 1], [1, 2, 4]], [[0, 1, 0], [0, 1, 0]]) == 0.0
+    with pytest.raises(ValueError, match="xs"):
+        noise_sweep.collapse_spread([[1, 2]], [[0, 1]])
