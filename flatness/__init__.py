@@ -5,6 +5,7 @@ The modules read bottom-up, each one idea:
 * data and models: :mod:`~flatness.checks` (input checks, the model-mode context),
   :mod:`~flatness.data`, :mod:`~flatness.models`;
 * training: :mod:`~flatness.training` (the training loop and its configuration),
+  :mod:`~flatness.population` (many models trained as one batched computation),
   :mod:`~flatness.cache` (trained models on disk);
 * the parameter vector and the Hessian: :mod:`~flatness.params` (one layout of a model's
   parameters as a flat vector), :mod:`~flatness.operators` (the Hessian as a linear operator),
@@ -22,12 +23,10 @@ Importing flatness has no side effects: no global seeds, no plotting styles. Cal
 :func:`seed_everything` and :func:`flatness.plotting.use_book_style` explicitly.
 """
 
-from __future__ import annotations
+import random as _random
 
-import random
-
-import numpy as np
-import torch
+import numpy as _np
+import torch as _torch
 
 __version__ = "0.2.0"
 
@@ -46,6 +45,8 @@ from . import (  # noqa: E402
     operators,
     params,
     plotting,
+    population,
+    population_curvature,
     reparametrize,
     sharpness,
     stability,
@@ -70,13 +71,13 @@ from .training import TrainConfig, evaluate, train  # noqa: E402
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    _random.seed(seed)
+    _np.random.seed(seed)
+    _torch.manual_seed(seed)
 
 
 __all__ = ["HessianOperator", "TrainConfig", "cache", "checks", "claims", "curvature", "data", "dense_hessian",
            "evaluate", "evidence", "exact_trace", "hessian_frobenius", "hessian_trace", "interpolate",
            "keskar_sharpness", "krylov", "landscape", "load_or_train", "models", "noise", "operators",
-           "params", "plotting", "reparametrize", "seed_everything", "sharpness", "spectral_density",
+           "params", "plotting", "population", "population_curvature", "reparametrize", "seed_everything", "sharpness", "spectral_density",
            "stability", "stats", "sweeps", "symmetries", "tables", "top_eigenvalues", "train", "training"]

@@ -54,13 +54,22 @@ def iter_batches(data, batch_size: int | None = None, name: str = "data") -> Ite
         for start in range(0, X.shape[0], size):
             yield X[start:start + size], y[start:start + size]
         return
+    if isinstance(data, Tensor):
+        raise TypeError(f"{name}: expected an (X, y) pair of tensors or a DataLoader, got a single "
+                        f"tensor of shape {tuple(data.shape)}; pass (X, y)")
     if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
         check_tensor_pair(data, name)  # neither a pair of tensors nor a list of batches: explain
+    if isinstance(data, (tuple, list)) and len(data) == 1 and isinstance(data[0], Tensor):
+        raise TypeError(f"{name}: expected an (X, y) pair of tensors, got a sequence holding one "
+                        "tensor; pass (X, y)")
     if not isinstance(data, Iterable):
         raise TypeError(f"{name}: expected an (X, y) pair of tensors or a DataLoader, "
                         f"got {type(data).__name__}")
     seen = False
     for batch in data:
+        if isinstance(batch, Tensor) or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"{name}: each batch must be an (X, y) pair of tensors, got "
+                            f"{type(batch).__name__}")
         X, y = check_tensor_pair(tuple(batch)[:2], f"{name} (a batch)")
         seen = True
         yield X, y
@@ -337,7 +346,8 @@ def evaluation(model: nn.Module, eval_mode: bool | None = None):
     offending = mode_dependent_modules(model)
     if offending and eval_mode is not True:
         raise ValueError(
-            f"model: {', '.join(offending)} in train mode make the loss depend on the batch or "
+            f"model: {'module' if len(offending) == 1 else 'modules'} {', '.join(offending)} "
+            f"{'is' if len(offending) == 1 else 'are'} in train mode, which makes the loss depend on the batch or "
             "on random masks, so its curvature is not defined; call model.eval() or pass "
             "eval_mode=True to measure the model in eval mode")
     modes = {m: m.training for m in model.modules()}

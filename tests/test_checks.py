@@ -144,3 +144,23 @@ def test_check_model_and_data():
         checks.check_data_matches_model(net, torch.ones(5, 3, dtype=torch.int64))
     embed = nn.Sequential(nn.Embedding(4, 3), nn.Linear(3, 2))
     checks.check_data_matches_model(embed, torch.ones(5, dtype=torch.int64))
+
+
+def test_a_bare_tensor_or_a_one_tensor_sequence_is_not_data():
+    from flatness.checks import materialize
+
+    X = torch.randn(5, 3)
+    for data in (X, (X,), [X]):
+        with pytest.raises(TypeError, match=r"data: expected an \(X, y\) pair"):
+            materialize(data)
+    with pytest.raises(TypeError, match="each batch must be an"):
+        materialize([X, X, X])
+
+
+def test_train_mode_message_is_grammatical():
+    from flatness.checks import evaluation
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+    with pytest.raises(ValueError, match=r"module 1 \(Dropout\) is in train mode, which makes"):
+        with evaluation(net):
+            pass

@@ -34,3 +34,10 @@ def test_one_version_source():
 
     meta = _run("import importlib.metadata as m; print(m.version('flatness'))")
     assert meta == flatness.__version__
+
+
+def test_the_namespace_holds_only_the_public_api():
+    code = ("import flatness\n"
+            "print(sorted({n for n in dir(flatness) if not n.startswith('_')}"
+            " ^ set(flatness.__all__)))")
+    assert _run(code) == "[]"
