@@ -26,7 +26,7 @@ import numpy as np
 from .stability import stability_threshold
 from .stats import by_batch, loglog_fit
 
-__all__ = ["PALETTE", "use_book_style", "loglog_slope", "annotate_slope", "plot_by_batch",
+__all__ = ["warm_start_figure", "PALETTE", "use_book_style", "loglog_slope", "annotate_slope", "plot_by_batch",
            "plot_sharpness_history", "interpolation_figure", "plot_spectral_density",
            "plot_loss_surface", "batch_size_figure", "plot_sharpness_histories",
            "edge_of_stability_figure", "glue_figure"]
@@ -381,9 +381,55 @@ def edge_of_stability_figure(histories: Mapping[str, Sequence[Mapping]],
     return fig
 
 
+def warm_start_figure(warm: Sequence[Mapping], reference: Mapping, bound: Optional[float] = None,
+                      figsize=(8.6, 3.2)):
+    """Keskar et al.'s Figure 5: sharpness and test accuracy against the small-batch epochs ``k``.
+
+    Left: ``lambda_max`` and ``keskar_full_0.001`` of every warm-started run against its ``k``
+    (log scale; ``k = 0`` is drawn at 0.5); right: its test accuracy in per cent. Dotted lines
+    are the ``reference`` run's values (the small-batch run trained to the target), the dashed
+    line ``bound`` (the stability bound 2/η of the large-batch phase).
+
+    Args:
+        warm: records with ``k``, ``lambda_max``, ``keskar_full_0.001`` and ``test_acc``.
+        reference: a record with the same metrics.
+        bound: an optional horizontal line on the left panel.
+        figsize: the figure size.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: no warm-started run.
+    """
+    import matplotlib.pyplot as plt
+
+    if not warm:
+        raise ValueError("warm: expected at least one run")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=figsize)
+    x = np.maximum([w["k"] for w in warm], 0.5)
+    for ax, metric, scale, fmt, color, label in [(ax1, "lambda_max", 1, "-o", "C0", "λ_max"),
+                                                 (ax1, "keskar_full_0.001", 1, "-s", "C1", "Keskar, ε = 1e-3"),
+                                                 (ax2, "test_acc", 100, "-o", "C2", None)]:
+        ax.plot(x, [scale * w[metric] for w in warm], fmt, color=color, label=label)
+        ax.axhline(scale * reference[metric], color=color, ls=":", lw=1,
+                   label="SB only" if ax is ax2 else None)
+    if bound is not None:
+        ax1.axhline(bound, color="grey", ls="--", lw=0.8, label="2/η")
+    for ax, ylabel in ((ax1, "sharpness"), (ax2, "test accuracy, %")):
+        ax.set(xscale="log", xlabel="SB epochs k before LB (0 drawn at 0.5)", ylabel=ylabel)
+        ax.legend(fontsize=7)
+    return fig
+
+
 def glue_figure(name: str, fig) -> None:
-    """Lay out ``fig``, store it for the book under ``name`` (myst-nb's ``glue``, not displayed
-    here; a ``{glue:figure}`` directive shows it) and close it.
+    """Lay out ``fig``, store it for the book under ``name``, show it in the notebook, close it.
+
+    The figure is glued with myst-nb's ``glue(name, fig, display=False)`` (a ``{glue:figure}``
+    directive places it, numbered and captioned, in the book) and also displayed in the cell's
+    output, so that a reader of the notebook in JupyterLab sees it. Tag the cell
+    ``remove-output`` so that the book shows it once, where the directive puts it (myst-nb reads
+    glued data from every cell, whatever its tags).
 
     Args:
         name: the glue key.
@@ -393,10 +439,12 @@ def glue_figure(name: str, fig) -> None:
         ValueError: an empty name.
     """
     import matplotlib.pyplot as plt
+    from IPython.display import display
     from myst_nb import glue
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected a non-empty string, got {name!r}")
     fig.tight_layout()
     glue(name, fig, display=False)
+    display(fig)
     plt.close(fig)

@@ -73,3 +73,65 @@ def test_load_round_trip_and_refusals(tmp_path):
     bad.write_text(json.dumps({"records": []}))
     with pytest.raises(ValueError, match="tolerance"):
         report.load(bad)
+
+
+# --- goals as claims --------------------------------------------------------------------------
+
+def test_goals_have_check_goals_outcomes():
+    from flatness.claims import HELD, NOT_HELD
+
+    committed = report.load(report.Path(__file__).parent.parent / "benchmarks/results/curvature.json")
+    for bench in (BENCH, committed):
+        held, _ = report.check_goals(bench)
+        found = report.goals(bench)
+        assert len(found) == len(held)
+        assert [g.decision.outcome for g in found] == [HELD if ok else NOT_HELD for ok in held.values()]
+    # 10 products against 20 is a ratio of exactly 1/2 and 1/3 is the bound: "at most" includes it
+    edge = {"tolerance": 1e-3, "records": [rec("mlp", "lambda_max", "flatness", 5, 1.0, 5e-4),
+                                           rec("mlp", "lambda_max", "pyhessian", 15, 2.0, 5e-4)]}
+    assert report.goals(edge)[0].decision.outcome == HELD and report.check_goals(edge)[0] == {
+        "mlp: λ_max ≤ 1/3 of PyHessian's products and ≤ 1/2 of its time": True}
+
+
+def test_goal_claims_need_every_expected_outcome():
+    from flatness.claims import HELD
+
+    found = report.goals(BENCH)
+    expected = {g.id: g.decision.outcome for g in found}
+    claims = report.goal_claims(found, expected, "appendix_speed", "Goals", "the page")
+    assert [c.id for c in claims] == [g.id for g in found] and all(c.as_expected for c in claims)
+    # 30 products against PyHessian's 60; curvlinops' 20 never reached the tolerance, so it does not count
+    assert {c.id: c.outcome for c in claims}["mlp-top5"] == HELD
+    assert {c.id: c.outcome for c in claims}["cnn-lambda-max"] == HELD
+    with pytest.raises(ValueError, match="expected"):
+        report.goal_claims(found, {**expected, "nobody": HELD}, "appendix_speed", "Goals", "the page")
+    with pytest.raises(ValueError, match="expected"):
+        report.goal_claims(found, {}, "appendix_speed", "Goals", "the page")
+
+
+def pop(task, model, P, B, speedup):
+    return dict(task=task, model=model, P=P, batch_size=B, population_seconds=1.0,
+                loop_seconds=speedup, speedup=speedup)
+
+
+def test_population_goals_and_table(tmp_path):
+    from flatness.claims import HELD, NOT_HELD
+
+    bench = {"records": [pop("train", "mlp", 1, 64, 1.0), pop("train", "mlp", 20, 64, 10.0),
+                         pop("train", "cnn", 1, 64, 0.99), pop("lambda_max", "mlp", 20, None, 4.9)]}
+    found = {g.id: g.decision for g in report.population_goals(bench)}
+    assert found["population-train"].outcome == HELD  # exactly 10× meets "at least 10×"
+    assert found["population-lambda-max"].outcome == NOT_HELD
+    assert found["population-p1"].outcome == NOT_HELD  # the CNN cell is 1 % slower
+    assert found["population-p1"].measured[0].estimate == 0.99
+    assert report.population_goals({"records": [pop("train", "mlp", 5, 16, 3.0)]}) == []
+    assert str(report.population_table(bench)).splitlines()[3] == "| train | mlp | 20 | 64 | 1.00 | 10.00 | ×10.00 |"
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(bench))
+    assert report.load_population(path) == bench
+    path.write_text(json.dumps({"records": [{"task": "train"}]}))
+    with pytest.raises(ValueError, match="lacks"):
+        report.load_population(path)
+    committed = report.load_population(report.Path(__file__).parent.parent / "benchmarks/results/population.json")
+    assert {g.id for g in report.population_goals(committed)} == {
+        "population-train", "population-lambda-max", "population-p1"}

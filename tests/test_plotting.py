@@ -100,14 +100,33 @@ def test_density_and_surface(ax):
         plotting.plot_loss_surface(ax, {**surface, "loss": surface["loss"] - 1})
 
 
-def test_glue_figure_closes_the_figure(monkeypatch):
+def test_glue_figure_glues_displays_and_closes_the_figure(monkeypatch):
     pytest.importorskip("myst_nb")
+    import IPython.display
     import myst_nb
 
-    glued = {}
+    glued, shown = {}, []
     monkeypatch.setattr(myst_nb, "glue", lambda name, fig, display: glued.update({name: display}))
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
     fig, _ = plt.subplots()
     plotting.glue_figure("fig-x", fig)
-    assert glued == {"fig-x": False} and not plt.fignum_exists(fig.number)
+    assert glued == {"fig-x": False} and shown == [fig] and not plt.fignum_exists(fig.number)
     with pytest.raises(ValueError, match="name"):
         plotting.glue_figure("", fig)
+
+
+def test_warm_start_figure_draws_the_runs_and_references():
+    warm = [dict(k=0, lambda_max=10.0, test_acc=0.6, **{"keskar_full_0.001": 7.0}),
+            dict(k=20, lambda_max=8.0, test_acc=0.62, **{"keskar_full_0.001": 6.0})]
+    ref = dict(lambda_max=4.7, test_acc=0.64, **{"keskar_full_0.001": 5.5})
+    fig = plotting.warm_start_figure(warm, ref, bound=10.0)
+    left, right = fig.axes
+    lines = {l.get_label(): l for l in left.lines}
+    assert list(lines["λ_max"].get_xdata()) == [0.5, 20]  # k = 0 is drawn at 0.5
+    assert list(lines["λ_max"].get_ydata()) == [10.0, 8.0]
+    assert list(lines["2/η"].get_ydata()) == [10.0, 10.0]
+    assert list(right.lines[0].get_ydata()) == [60.0, 62.0]  # per cent
+    assert list(right.lines[1].get_ydata()) == [64.0, 64.0]  # the SB reference
+    plt.close(fig)
+    with pytest.raises(ValueError, match="warm"):
+        plotting.warm_start_figure([], ref)

@@ -11,6 +11,7 @@ import torch
 from oracles import oracle_hessian
 from torch import nn
 
+from flatness import cache as cache_module
 from flatness import sweeps
 from flatness.cache import load_or_train
 from flatness.data import from_spec
@@ -205,6 +206,41 @@ def test_run_sweep_records_are_the_direct_measurements(cache, monkeypatch):
         assert r["eta_lambda"] == cfg.lr * expected["lambda_max"]
 
 
+def test_run_sweep_trains_populations_on_the_trajectory_of_train(cache, monkeypatch, tmp_path):
+    # three seeds at batch 50 train as one population, batch 100 as another; the tracked run falls
+    # back to load_or_train. Records equal those of runs trained one by one, to float32 rounding.
+    configs = {(50, s): SMALL.replace(seed=s) for s in (0, 1, 2)}
+    configs[100, 0] = SMALL.replace(batch_size=100)
+    configs[25, 0] = SMALL.replace(batch_size=25, track_sharpness_every=2)
+    populations = []
+    real_population = cache_module.train_population
+    monkeypatch.setattr(cache_module, "train_population",
+                        lambda models, *a, **k: populations.append(len(models)) or
+                        real_population(models, *a, **k))
+    records = run_sweep(configs, fields=("batch_size", "seed"), seed=3, progress=False, **FAST)
+    assert sorted(populations) == [1, 3]  # the tracked run is not batched
+    split = from_spec(SMALL.data)
+    for r, cfg in zip(records, configs.values()):
+        model, history = load_or_train(cfg, directory=tmp_path / "one-by-one", progress=False)
+        cached, _ = load_or_train(cfg, progress=False)  # what run_sweep trained and cached
+        deviation = max(float((p - q).detach().abs().max())
+                        for p, q in zip(model.parameters(), cached.parameters()))
+        assert deviation <= 1e-4  # float32 rounding over 2 epochs of SGD
+        for key in ("epoch", "steps", "lr", "batch_size", "epochs", "total_steps", "reached_target"):
+            assert r["history"][key] == history[key], key
+        np.testing.assert_allclose(r["history"]["train_loss"], history["train_loss"], rtol=1e-5, atol=1e-6)
+        if cfg.track_sharpness_every:
+            assert r["history"]["lambda_max"] == history["lambda_max"]
+        expected = sweeps.flatness_summary(model, split.train, split.test, seed=3, **FAST)
+        for k, v in expected.items():
+            if k.endswith("_acc"):  # a rounding flip moves one sample at most
+                assert abs(r[k] - v) <= 1 / len(split.y_test) + 1e-12, k
+            else:
+                assert r[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+        assert (r["epochs"], r["steps"], r["reached"]) == (
+            history["epochs"], history["total_steps"], history["reached_target"])
+
+
 def test_run_sweep_refuses(cache):
     with pytest.raises(TypeError, match="configs"):
         run_sweep({"x": {"lr": 0.1}}, fields=["k"])
@@ -294,3 +330,62 @@ def test_comparison_and_gap_tables():
                        f"{'yes' if 0.07 > noise else 'no'} |")
     single = compare_by_group([r for r in rs if r["seed"] == 0], ["test_acc"], [64], [400], ["rule"])
     assert "| n/a |" in str(gap_table(single, 1000))
+
+
+def test_seed_measurement_pairs_runs_by_seed():
+    sb = [dict(seed=0, batch_size=64, m=1.0), dict(seed=0, batch_size=256, m=3.0),
+          dict(seed=1, batch_size=64, m=4.0), dict(seed=2, batch_size=64, m=5.0)]
+    lb = [dict(seed=0, m=4.0), dict(seed=1, m=2.0)]  # seed 2 has no LB run: left out
+    assert sweeps.seed_values(sb, "m") == {0: 2.0, 1: 4.0, 2: 5.0}
+    ratio = sweeps.seed_measurement("LB/SB", sb, lb, "m")
+    assert ratio.estimate == (4.0 / 2.0 + 2.0 / 4.0) / 2 and ratio.n == 2 and ratio.unit == "seeds"
+    assert ratio.interval == (0.5, 2.0)  # the bootstrap of two values spans them
+    gap = sweeps.seed_measurement("SB − LB", sb, lb, "m", "difference")
+    assert gap.estimate == ((2.0 - 4.0) + (4.0 - 2.0)) / 2
+    alone = sweeps.seed_measurement("LB", [], lb[:1], "m", "large")
+    assert alone.estimate == 4.0 and alone.interval is None and not alone.testable  # one seed
+    with pytest.raises(ValueError, match="statistic"):
+        sweeps.seed_measurement("x", sb, lb, "m", "mean")
+    with pytest.raises(ValueError, match="no seed in common"):
+        sweeps.seed_measurement("x", sb, [dict(seed=7, m=1.0)], "m")
+    with pytest.raises(ValueError, match="'m'"):
+        sweeps.seed_values([dict(seed=0)], "m")
+
+
+def _runs(batch_size, values, **extra):
+    return [dict(seed=s, batch_size=batch_size, reached=True, lambda_max_converged=1.0, **extra,
+                 **{k: v[s] for k, v in values.items()}) for s in range(len(values["lambda_max"]))]
+
+
+def test_large_batch_claims_decide_each_rule():
+    from flatness.claims import HELD, NOT_HELD, NOT_TESTABLE
+
+    kes = "keskar_full_0.001"
+    sb = _runs(64, {"lambda_max": [4.0, 5.0, 4.5], kes: [5.0, 5.5, 6.0], "test_acc": [0.65, 0.64, 0.66],
+                    "eta_lambda": [0.8, 1.0, 0.9]})
+    lb = _runs(400, {"lambda_max": [10.0, 10.1, 9.9], kes: [7.0, 7.5, 8.0], "test_acc": [0.61, 0.62, 0.60],
+                     "eta_lambda": [2.0, 2.02, 1.98]})
+    sqrt_lb = _runs(400, {"lambda_max": [4.0, 4.4, 4.1], kes: [5.0, 5.1, 5.2], "test_acc": [0.66, 0.65, 0.66],
+                          "eta_lambda": [2.0, 2.2, 2.05]})
+    aug = _runs(400, {"lambda_max": [9.0, 8.9, 9.1], kes: [6.0, 6.1, 6.2], "test_acc": [0.70, 0.69, 0.71],
+                      "eta_lambda": [1.8, 1.78, 1.82]})
+    m = sweeps.large_batch_measurements(sb, lb, sb, sqrt_lb, aug)
+    assert m["const-lam"].estimate == pytest.approx(np.mean([10.0 / 4.0, 10.1 / 5.0, 9.9 / 4.5]))
+    assert m["edge-ratio"].estimate == pytest.approx(np.mean([0.8 / 2.0, 1.0 / 2.02, 0.9 / 1.98]))
+    assert m["aug-gap"].estimate == pytest.approx(np.mean([-0.05, -0.05, -0.05]))
+    outcomes = {"same-criterion": HELD, "lb-sharper": HELD, "lb-gap": HELD, "edge-of-stability": HELD,
+                "yao-sharper": NOT_HELD, "sqrt-gap": NOT_HELD, "augmented-lb": HELD}
+    claims = sweeps.large_batch_claims(m, sb + lb + aug, outcomes)
+    assert {c.id: c.outcome for c in claims} == outcomes
+    assert [c.id for c in claims] == list(sweeps.LARGE_BATCH_CLAIMS)
+    # a run that missed its target fails the shared criterion
+    missed = [dict(lb[0], reached=False)]
+    assert sweeps.large_batch_claims(m, sb + missed, outcomes)[0].outcome == NOT_HELD
+    # one seed: every comparison over seeds is untestable, the criterion is not
+    one = sweeps.large_batch_measurements(sb[:1], lb[:1], sb[:1], sqrt_lb[:1], aug[:1])
+    single = {c.id: c.outcome for c in sweeps.large_batch_claims(one, sb[:1], outcomes)}
+    assert single.pop("same-criterion") == HELD and set(single.values()) == {NOT_TESTABLE}
+    with pytest.raises(ValueError, match="expected"):
+        sweeps.large_batch_claims(m, sb, {"lb-gap": HELD})
+    with pytest.raises(ValueError, match="compared"):
+        sweeps.large_batch_claims(m, [], outcomes)
