@@ -23,11 +23,13 @@ gradients, ``requires_grad`` flags and modes are never touched. :func:`mean_loss
 sum as a differentiable tensor, for higher derivatives.
 
 :func:`flat_parameters`, :func:`unflatten_parameters` and :func:`parameter_slices` are the same
-operations as plain functions of a model.
+operations as plain functions of a model; :func:`with_flat_parameters` is a copy of a model with
+its parameters set to a vector.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
@@ -37,7 +39,7 @@ from torch.func import functional_call
 from .checks import check_labels, evaluation, materialize, num_samples, quiet_torch_func
 
 __all__ = ["ParameterLayout", "loss_at", "mean_loss", "parameter_slices", "flat_parameters",
-           "unflatten_parameters"]
+           "unflatten_parameters", "with_flat_parameters"]
 
 
 class ParameterLayout:
@@ -287,3 +289,32 @@ def unflatten_parameters(model: nn.Module, vector: Tensor) -> Dict[str, Tensor]:
     {'weight': (3, 2), 'bias': (3,)}
     """
     return ParameterLayout(model).to_dict(vector)
+
+
+def with_flat_parameters(model: nn.Module, vector: Tensor) -> nn.Module:
+    """A copy of ``model`` whose trainable parameters are the flat ``vector``
+    (:meth:`ParameterLayout.to_dict`), cast to each parameter's dtype; buffers and frozen
+    parameters are copied as they are.
+
+    Args:
+        model: the network (not changed).
+        vector: the trainable parameters in :class:`ParameterLayout` order.
+
+    Returns:
+        The new network.
+
+    Raises:
+        ValueError: ``vector`` is not a flat tensor of the model's length.
+
+    >>> net = torch.nn.Linear(2, 1)
+    >>> with_flat_parameters(net, torch.tensor([1., 2., 3.])).bias
+    Parameter containing:
+    tensor([3.], requires_grad=True)
+    """
+    pieces = ParameterLayout(model).to_dict(vector.detach() if isinstance(vector, Tensor) else vector)
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name in pieces:
+                p.copy_(pieces[name])
+    return net

@@ -285,8 +285,7 @@ class WeightNorm:
 
     def jvp(self, eta: Tensor, tangent: Tensor) -> Tensor:
         """:math:`J_g\\,\\dot\\eta`."""
-        self._check(eta, self.dim, "eta")
-        self._check(tangent, self.dim, "tangent")
+        self._check_pair(eta, tangent, self.dim, "tangent")
         parts = []
         for block in self.blocks:
             if block[0] == "copy":
@@ -302,8 +301,7 @@ class WeightNorm:
 
     def vjp(self, eta: Tensor, cotangent: Tensor) -> Tensor:
         """:math:`J_g^\\top \\bar\\theta`."""
-        self._check(eta, self.dim, "eta")
-        self._check(cotangent, self.theta_dim, "cotangent")
+        self._check_pair(eta, cotangent, self.theta_dim, "cotangent")
         parts = []
         for block in self.blocks:
             kind, ts, _, rows = block
@@ -329,6 +327,11 @@ class WeightNorm:
         if not isinstance(x, Tensor) or x.ndim != 1 or x.numel() != n:
             raise ValueError(f"{name}: expected a flat tensor of {n} entries, got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+
+    def _check_pair(self, eta: Tensor, x: Tensor, n: int, name: str) -> None:
+        """Check ``eta`` (``dim`` entries) and ``x`` (``n`` entries, named ``name``)."""
+        self._check(eta, self.dim, "eta")
+        self._check(x, n, name)
 
 
 class InputAffineMap:

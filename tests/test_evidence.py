@@ -243,12 +243,8 @@ def test_refuses_bad_options():
         evidence.laplace_log_evidence(net, nn.BCEWithLogitsLoss(reduction="sum"), (X, y), 1.0)
     with pytest.raises(ValueError, match="num_probes"):
         krylov.stochastic_logdet(torch.eye(3), num_probes=0)
-    with pytest.raises(ValueError, match="dim"):
+    with pytest.raises(ValueError, match="dim"):  # the other operator checks: as_operator (test_krylov)
         krylov.stochastic_logdet(lambda v: v)
-    with pytest.raises(ValueError, match="square"):
-        krylov.stochastic_logdet(torch.ones(2, 3))
-    with pytest.raises(TypeError, match="operator"):
-        krylov.stochastic_logdet("matrix")
     with pytest.raises(ValueError, match="sigma"):
         evidence.GaussianNLLLoss(0.0)
     with pytest.raises(ValueError, match="Ritz"):
