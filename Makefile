@@ -37,7 +37,7 @@ export OPENBLAS_NUM_THREADS := 1
 # (flatness.claims.write_claims); tools/scoreboard.py gathers them into the staged scoreboard page.
 # SCOREBOARD_STRICT=1: a chapter without a claims file fails the build (0 lists it on the page).
 export FLATNESS_CLAIMS_DIR ?= $(CURDIR)/_build/claims
-SCOREBOARD_STRICT ?= 0
+SCOREBOARD_STRICT ?= 1
 SCOREBOARD = $(BIN)/python tools/scoreboard.py --toc _toc.yml --page scoreboard.md \
   --claims $(FLATNESS_CLAIMS_DIR)/$(MODE) --mode $(MODE) \
   $(if $(filter 1,$(SCOREBOARD_STRICT)),--strict,--no-strict)
@@ -82,6 +82,7 @@ $(EXEC_DIR)/%.ipynb: chapters/%.ipynb $(LIBRARY) | $(STAMP)
 	FLATNESS_QUICK=$(if $(filter quick,$(MODE)),1,0) FLATNESS_PROGRESS=0 \
 	  $(BIN)/papermill --cwd chapters --kernel python3 --no-progress-bar --log-level ERROR \
 	  -p QUICK $(QUICK_PY) $< $(@:.ipynb=.part.ipynb); \
+	$(BIN)/python tools/normalize_notebooks.py --hide-injected $(@:.ipynb=.part.ipynb); \
 	mv $(@:.ipynb=.part.ipynb) $@; echo "  done in $$(( $$(date +%s) - start )) s"
 
 notebooks: $(EXECUTED)

@@ -41,7 +41,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -61,6 +60,7 @@ from flatness.data import mnist1d  # noqa: E402
 from flatness.exact_trace import piecewise_linear_trace  # noqa: E402
 from flatness.cache import load_or_train  # noqa: E402
 from flatness.training import TrainConfig  # noqa: E402
+from benchmarks.common import write_atomic  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
 TOL = 1e-3
@@ -520,19 +520,6 @@ def machine_info() -> dict:
             "torch": torch.__version__, "python": platform.python_version(),
             "numpy": np.__version__, "platform": platform.platform(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def markdown(result: dict) -> str:

@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -53,6 +52,7 @@ from flatness.models import cnn1d, mlp  # noqa: E402
 from flatness.population import train_population  # noqa: E402
 from flatness.population_curvature import population_top_eigenvalues  # noqa: E402
 from flatness.training import train  # noqa: E402
+from benchmarks.common import write_atomic  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "population.json"
 QUICK_OUT = Path(__file__).resolve().parent.parent / "_build" / "benchmarks" / "population.json"
@@ -138,19 +138,6 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "numpy": np.__version__, "platform": platform.platform()}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def markdown(result: dict) -> str:

@@ -15,9 +15,13 @@ The modules read bottom-up, each one idea:
   :mod:`~flatness.symmetries` (α-scale), :mod:`~flatness.reparametrize`,
   :mod:`~flatness.evidence` (Laplace evidence, Occam factor), :mod:`~flatness.noise` (SGD noise
   scale), :mod:`~flatness.stability` (edge-of-stability bound);
+* the chapters' experiments: :mod:`~flatness.layers` (curvature of parameter blocks),
+  :mod:`~flatness.alpha_experiments`, :mod:`~flatness.reparam_experiments`,
+  :mod:`~flatness.sublevel` (volumes of sublevel sets), :mod:`~flatness.prior_sweep`,
+  :mod:`~flatness.noise_sweep`;
 * experiments and their reading: :mod:`~flatness.sweeps`, :mod:`~flatness.stats`,
   :mod:`~flatness.claims` (each claim of the debate as data, with its computed outcome),
-  :mod:`~flatness.tables`, :mod:`~flatness.plotting`.
+  :mod:`~flatness.tables`, :mod:`~flatness.plotting`, :mod:`~flatness.figures`.
 
 Importing flatness has no side effects: no global seeds, no plotting styles. Call
 :func:`seed_everything` and :func:`flatness.plotting.use_book_style` explicitly.
@@ -31,6 +35,7 @@ import torch as _torch
 __version__ = "0.2.0"
 
 from . import (  # noqa: E402
+    alpha_experiments,
     cache,
     checks,
     claims,
@@ -38,19 +43,25 @@ from . import (  # noqa: E402
     data,
     evidence,
     exact_trace,
+    figures,
     krylov,
     landscape,
+    layers,
     models,
     noise,
+    noise_sweep,
     operators,
     params,
     plotting,
     population,
     population_curvature,
+    prior_sweep,
+    reparam_experiments,
     reparametrize,
     sharpness,
     stability,
     stats,
+    sublevel,
     sweeps,
     symmetries,
     tables,
@@ -76,8 +87,10 @@ def seed_everything(seed: int) -> None:
     _torch.manual_seed(seed)
 
 
-__all__ = ["HessianOperator", "TrainConfig", "cache", "checks", "claims", "curvature", "data", "dense_hessian",
-           "evaluate", "evidence", "exact_trace", "hessian_frobenius", "hessian_trace", "interpolate",
-           "keskar_sharpness", "krylov", "landscape", "load_or_train", "models", "noise", "operators",
-           "params", "plotting", "population", "population_curvature", "reparametrize", "seed_everything", "sharpness", "spectral_density",
-           "stability", "stats", "sweeps", "symmetries", "tables", "top_eigenvalues", "train", "training"]
+__all__ = ["HessianOperator", "TrainConfig", "alpha_experiments", "cache", "checks", "claims", "curvature",
+           "data", "dense_hessian", "evaluate", "evidence", "exact_trace", "figures", "hessian_frobenius",
+           "hessian_trace", "interpolate", "keskar_sharpness", "krylov", "landscape", "layers",
+           "load_or_train", "models", "noise", "noise_sweep", "operators", "params", "plotting",
+           "population", "population_curvature", "prior_sweep", "reparam_experiments", "reparametrize",
+           "seed_everything", "sharpness", "spectral_density", "stability", "stats", "sublevel", "sweeps",
+           "symmetries", "tables", "top_eigenvalues", "train", "training"]

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 from scipy.stats import spearmanr
 
-__all__ = ["by_batch", "GroupComparison", "compare_groups", "peak_location", "PowerLawFit",
+__all__ = ["group_records", "by_batch", "GroupComparison", "compare_groups", "peak_location", "PowerLawFit",
            "loglog_fit", "compare_by_group", "RankCorrelation", "rank_correlation",
            "BootstrapInterval", "bootstrap_ci", "paired_bootstrap_ci", "SignFlipResult",
            "sign_flip_test"]
@@ -280,6 +280,36 @@ def loglog_fit(x: Sequence[float], y: Sequence[float]) -> PowerLawFit:
     return PowerLawFit(slope, stderr, intercept)
 
 
+def group_records(records: Iterable[Mapping], by: Sequence[str]) -> Dict[tuple, List[Mapping]]:
+    """The records grouped by the values of the fields ``by``, in order of first appearance.
+
+    Args:
+        records: mappings (one per run).
+        by: field names; every record must have them.
+
+    Returns:
+        ``{(value, ...): [record, ...]}``, one entry per distinct tuple of values.
+
+    Raises:
+        ValueError: a record without one of the fields, or an empty ``by``.
+
+    >>> rs = [{"B": 400, "s": 0}, {"B": 64, "s": 0}, {"B": 400, "s": 1}]
+    >>> {k: len(v) for k, v in group_records(rs, ["B"]).items()}
+    {(400,): 2, (64,): 1}
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if not by:
+        raise ValueError("by: expected at least one field")
+    groups: Dict[tuple, List[Mapping]] = {}
+    for r in records:
+        missing = [name for name in by if name not in r]
+        if missing:
+            raise ValueError(f"by: field {missing[0]!r} is missing from a record with keys "
+                             f"{sorted(r)}")
+        groups.setdefault(tuple(r[name] for name in by), []).append(r)
+    return groups
+
+
 def compare_by_group(records: Sequence[Mapping], metrics: Sequence[str], small: Iterable[int],
                      large: Iterable[int], by: Sequence[str]
                      ) -> Dict[tuple, Dict[str, GroupComparison]]:
@@ -312,15 +342,8 @@ def compare_by_group(records: Sequence[Mapping], metrics: Sequence[str], small: 
     ...                                                         [400, 4000], ["opt"]).items()}
     {('sgd', 400): 0.1, ('sgd', 4000): 0.2, ('adam', 400): 0.0}
     """
-    by = [by] if isinstance(by, str) else list(by)
     small, large = [int(b) for b in small], sorted({int(b) for b in large})
-    groups: Dict[tuple, List[Mapping]] = {}
-    for r in records:
-        missing = [f for f in by if f not in r]
-        if missing:
-            raise ValueError(f"by: field {missing[0]!r} is missing from a record with keys "
-                             f"{sorted(r)}")
-        groups.setdefault(tuple(r[f] for f in by), []).append(r)
+    groups = group_records(records, by)
     out: Dict[tuple, Dict[str, GroupComparison]] = {}
     for key, rows in groups.items():
         present = {int(r["batch_size"]) for r in rows}

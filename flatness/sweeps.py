@@ -11,7 +11,7 @@ The tools behind the large-batch experiments of Keskar et al. (2017) and Yao et 
   the Hessian with respect to the parameters and to the input, and Keskar's sharpness;
 * :func:`run_sweep` trains (through the cache) and measures every run of a sweep and returns one
   record (a flat ``dict``) per run;
-* :func:`select` and :func:`group_records` pick and group records by their fields, and
+* :func:`select` and :func:`flatness.stats.group_records` pick and group records by their fields, and
   :func:`records_table` turns groups of records into a Markdown table, one row per group, with
   cells built by :func:`mean_std_cell`, :func:`value_cell`, :func:`fraction_cell`,
   :func:`correlation_cell` and :func:`join_cells`;
@@ -35,16 +35,16 @@ from tqdm import tqdm
 
 from . import data as data_module
 from .cache import load_or_train_many
-from .claims import (Claim, Measurement, all_of, interval_above, interval_below)
 from .checks import check_positive, evaluation
+from .claims import Claim, Measurement, all_of, interval_above, interval_below
 from .curvature import input_hessian_top_eigenvalues, top_eigenvalues
 from .sharpness import keskar_sharpness
-from .stats import GroupComparison, rank_correlation
+from .stats import GroupComparison, group_records, rank_correlation
 from .tables import MarkdownTable, format_number, markdown_table, mean_pm
 from .training import TrainConfig, _progress_enabled, evaluate
 
 __all__ = ["LR_RULES", "scaled_lr", "sweep_configs", "warm_start", "sharpness_key",
-           "flatness_summary", "run_sweep", "select", "group_records", "records_table",
+           "flatness_summary", "run_sweep", "select", "records_table",
            "mean_std_cell", "value_cell", "fraction_cell", "join_cells", "correlation_cell",
            "COLUMNS", "comparison_table", "gap_table", "seed_values", "seed_measurement",
            "large_batch_measurements", "LARGE_BATCH_CLAIMS", "large_batch_claims"]
@@ -541,36 +541,6 @@ def large_batch_claims(measured: Mapping[str, Measurement], compared: Sequence[M
             for cid, (statement, paper, source, section) in LARGE_BATCH_CLAIMS.items()]
 
 
-def group_records(records: Iterable[Mapping], by: Sequence[str]) -> Dict[tuple, List[Mapping]]:
-    """The records grouped by the values of the fields ``by``, in order of first appearance.
-
-    Args:
-        records: mappings (one per run).
-        by: field names; every record must have them.
-
-    Returns:
-        ``{(value, ...): [record, ...]}``, one entry per distinct tuple of values.
-
-    Raises:
-        ValueError: a record without one of the fields, or an empty ``by``.
-
-    >>> rs = [{"B": 400, "s": 0}, {"B": 64, "s": 0}, {"B": 400, "s": 1}]
-    >>> {k: len(v) for k, v in group_records(rs, ["B"]).items()}
-    {(400,): 2, (64,): 1}
-    """
-    by = [by] if isinstance(by, str) else list(by)
-    if not by:
-        raise ValueError("by: expected at least one field")
-    groups: Dict[tuple, List[Mapping]] = {}
-    for r in records:
-        missing = [name for name in by if name not in r]
-        if missing:
-            raise ValueError(f"by: field {missing[0]!r} is missing from a record with keys "
-                             f"{sorted(r)}")
-        groups.setdefault(tuple(r[name] for name in by), []).append(r)
-    return groups
-
-
 #: A cell of :func:`records_table`: a field name or a function of a group's records.
 Cell = Any
 
@@ -696,7 +666,7 @@ def records_table(records: Iterable[Mapping], columns,
                   by: Sequence[str] = ("batch_size",)) -> MarkdownTable:
     """A Markdown table of sweep records: one row per group of records, one column per cell.
 
-    The records are grouped by the fields ``by`` (:func:`group_records`, rows in order of first
+    The records are grouped by the fields ``by`` (:func:`flatness.stats.group_records`, rows in order of first
     appearance). A cell is
 
     * a string: the name of a standard column (:data:`COLUMNS`: ``"B"``, ``"η"``,

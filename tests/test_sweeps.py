@@ -17,11 +17,25 @@ from flatness.cache import load_or_train
 from flatness.data import from_spec
 from flatness.sharpness import keskar_sharpness
 from flatness.stability import stability_threshold
-from flatness.stats import compare_by_group
-from flatness.sweeps import (COLUMNS, comparison_table, correlation_cell, flatness_summary, fraction_cell,
-                             gap_table, group_records, join_cells, mean_std_cell, records_table,
-                             run_sweep, scaled_lr, select, sharpness_key, sweep_configs, value_cell,
-                             warm_start)
+from flatness.stats import compare_by_group, group_records
+from flatness.sweeps import (
+    COLUMNS,
+    comparison_table,
+    correlation_cell,
+    flatness_summary,
+    fraction_cell,
+    gap_table,
+    join_cells,
+    mean_std_cell,
+    records_table,
+    run_sweep,
+    scaled_lr,
+    select,
+    sharpness_key,
+    sweep_configs,
+    value_cell,
+    warm_start,
+)
 from flatness.training import TrainConfig
 
 BASE = TrainConfig(model={"name": "mlp", "input_dim": 4, "widths": [3], "num_classes": 3},

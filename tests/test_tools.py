@@ -63,3 +63,14 @@ def test_committed_chapters_are_in_canonical_form():
     for path in sorted(pathlib.Path(__file__).parent.parent.glob("chapters/*.ipynb")):
         assert path.read_text() == canonical_text(path), \
             f"{path.name} is not in canonical form: run `make normalize`"
+
+
+def test_injected_parameters_cell_is_hidden_in_executed_copies():
+    from tools.normalize_notebooks import hide_injected_parameters
+
+    nb = _notebook()
+    nb.cells.insert(1, nbformat.v4.new_code_cell("QUICK = True"))
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
+    hide_injected_parameters(nb)
+    assert nb.cells[1].metadata["tags"] == ["injected-parameters", "remove-cell"]
+    assert "tags" not in nb.cells[2].metadata

@@ -14,7 +14,9 @@ have no place for them. The canonical form is:
 * nbformat's own JSON layout (one-space indent, a final newline).
 
 ``python tools/normalize_notebooks.py chapters/*.ipynb`` rewrites files in place (``make
-normalize``); ``--check`` lists the files that are not canonical and exits 1. The unit tests
+normalize``); ``--check`` lists the files that are not canonical and exits 1;
+``--hide-injected FILE...`` tags papermill's injected-parameters cell of executed copies
+``remove-cell`` (the Makefile runs it on every executed chapter). The unit tests
 run the check on every chapter.
 """
 
@@ -72,7 +74,22 @@ def canonical_text(path: Path) -> str:
     return nbformat.writes(normalize(nb, id_prefix(path))) + "\n"
 
 
+def hide_injected_parameters(nb):
+    """Tag papermill's injected-parameters cell ``remove-cell``, so that the book does not show
+    it beside the chapter's own parameters cell (an executed copy only; ``nb`` is changed)."""
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
+    return nb
+
+
 def main(argv) -> int:
+    if argv and argv[0] == "--hide-injected":
+        for arg in argv[1:]:
+            path = Path(arg)
+            path.write_text(nbformat.writes(hide_injected_parameters(nbformat.read(path, as_version=4))))
+        return 0
     check = "--check" in argv
     paths = [Path(a) for a in argv if a != "--check"]
     if not paths:
