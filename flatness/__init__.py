@@ -18,7 +18,7 @@ The modules read bottom-up, each one idea:
 * the chapters' experiments: :mod:`~flatness.layers` (curvature of parameter blocks),
   :mod:`~flatness.alpha_experiments`, :mod:`~flatness.reparam_experiments`,
   :mod:`~flatness.sublevel` (volumes of sublevel sets), :mod:`~flatness.prior_sweep`,
-  :mod:`~flatness.noise_sweep`;
+  :mod:`~flatness.noise_sweep`, :mod:`~flatness.large_batch`;
 * experiments and their reading: :mod:`~flatness.sweeps`, :mod:`~flatness.stats`,
   :mod:`~flatness.claims` (each claim of the debate as data, with its computed outcome),
   :mod:`~flatness.tables`, :mod:`~flatness.plotting`, :mod:`~flatness.figures`.
@@ -46,6 +46,7 @@ from . import (  # noqa: E402
     figures,
     krylov,
     landscape,
+    large_batch,
     layers,
     models,
     noise,
@@ -89,7 +90,7 @@ def seed_everything(seed: int) -> None:
 
 __all__ = ["HessianOperator", "TrainConfig", "alpha_experiments", "cache", "checks", "claims", "curvature",
            "data", "dense_hessian", "evaluate", "evidence", "exact_trace", "figures", "hessian_frobenius",
-           "hessian_trace", "interpolate", "keskar_sharpness", "krylov", "landscape", "layers",
+           "hessian_trace", "interpolate", "keskar_sharpness", "krylov", "landscape", "large_batch", "layers",
            "load_or_train", "models", "noise", "noise_sweep", "operators", "params", "plotting",
            "population", "population_curvature", "prior_sweep", "reparam_experiments", "reparametrize",
            "seed_everything", "sharpness", "spectral_density", "stability", "stats", "sublevel", "sweeps",
