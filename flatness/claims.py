@@ -539,9 +539,12 @@ def all_of(*decisions: Decision) -> Decision:
     outcomes = {d.outcome for d in decisions}
     outcome = NOT_HELD if NOT_HELD in outcomes else (NOT_TESTABLE if NOT_TESTABLE in outcomes
                                                      else HELD)
+    measured = []
+    for m in (m for d in decisions for m in d.measured):
+        if m not in measured:  # two conditions on one number list it once
+            measured.append(m)
     return Decision(outcome, " and ".join(d.rule for d in decisions),
-                    "; ".join(d.detail for d in decisions),
-                    tuple(m for d in decisions for m in d.measured))
+                    "; ".join(d.detail for d in decisions), tuple(measured))
 
 
 # --- claims --------------------------------------------------------------------------------------

@@ -317,3 +317,11 @@ def test_claim_rejects_bad_fields(field, value, error):
 def test_test_defaults_to_the_decision_rule():
     c = C.Claim("00_x", "a", "S.", "1", "", C.interval_above(2.0, (1.5, 2.5), 1.0), C.HELD)
     assert c.test == "95 % interval above 1"
+
+
+def test_all_of_lists_a_number_tested_twice_once():
+    from flatness.claims import Measurement, all_of, interval_above, interval_below
+
+    m = Measurement("η·λ_max", 2.0, 1.9, 2.1, level=0.95, n=5)
+    d = all_of(interval_above(m, threshold=1.6), interval_below(m, threshold=2.2))
+    assert d.measured == (m,) and d.outcome == "held"
