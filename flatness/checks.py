@@ -54,6 +54,9 @@ def iter_batches(data, batch_size: int | None = None, name: str = "data") -> Ite
         for start in range(0, X.shape[0], size):
             yield X[start:start + size], y[start:start + size]
         return
+    if isinstance(data, (str, bytes, dict)):
+        raise TypeError(f"{name}: expected an (X, y) pair of tensors or a DataLoader, "
+                        f"got {type(data).__name__}")
     if isinstance(data, Tensor):
         raise TypeError(f"{name}: expected an (X, y) pair of tensors or a DataLoader, got a single "
                         f"tensor of shape {tuple(data.shape)}; pass (X, y)")
