@@ -227,7 +227,7 @@ def summary(claims: Sequence[Claim]) -> str:
 
 def scoreboard_table(claims: Sequence[Claim], headings: Optional[Dict[str, List[str]]] = None,
                      strict: bool = True, digits: int = 3) -> str:
-    """The scoreboard's Markdown table: where, claim, paper, ours, test, outcome; one row a claim.
+    """The scoreboard's Markdown table: where, claim, outcome, paper, ours, test; one row a claim.
 
     Args:
         claims: the claims, in the book's order.
@@ -240,10 +240,11 @@ def scoreboard_table(claims: Sequence[Claim], headings: Optional[Dict[str, List[
         The table's Markdown source.
     """
     headings = headings or {}
-    rows = [[_where(c, headings, strict), c.statement,
-             f"{c.paper} ({c.source})" if c.source else c.paper, c.ours(digits), c.test,
-             f"**{c.outcome_text()}**"] for c in claims]
-    return str(markdown_table(["where", "claim", "paper", "ours", "test", "outcome"], rows))
+    # the outcome right after the claim: on a narrow screen the last columns scroll out of view
+    rows = [[_where(c, headings, strict), c.statement, f"**{c.outcome_text()}**",
+             f"{c.paper} ({c.source})" if c.source else c.paper, c.ours(digits), c.test]
+            for c in claims]
+    return str(markdown_table(["where", "claim", "outcome", "paper", "ours", "test"], rows))
 
 
 def build_page(page: str, claims_dir: Path, toc_path: Path, mode: Optional[str] = None,
