@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+import numpy as np
+import torch
+
+__all__ = ["machine_info", "write_atomic"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -26,3 +30,17 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+
+
+def machine_info(**extra) -> dict:
+    """The processor, core and thread counts and library versions a benchmark ran with, plus
+    ``extra`` fields."""
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "platform": platform.platform(), **extra}

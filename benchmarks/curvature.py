@@ -38,7 +38,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -60,7 +59,7 @@ from flatness.data import mnist1d  # noqa: E402
 from flatness.exact_trace import piecewise_linear_trace  # noqa: E402
 from flatness.cache import load_or_train  # noqa: E402
 from flatness.training import TrainConfig  # noqa: E402
-from benchmarks.common import write_atomic  # noqa: E402
+from benchmarks.common import machine_info, write_atomic  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
 TOL = 1e-3
@@ -509,19 +508,6 @@ def record(model, task, method, products, seconds, rel_err, setting=""):
             "rel_error": None if rel_err is None else float(rel_err), "setting": setting}
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "platform": platform.platform(),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")}
-
-
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# Curvature benchmark", "",
@@ -636,7 +622,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ]
     result = {"command": "python -m benchmarks.curvature" + (" --quick" if args.quick else ""),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": machine_info(), "peers": peer_versions(peers),
+              "machine": machine_info(OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "")), "peers": peer_versions(peers),
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "total_seconds": round(time.perf_counter() - start, 1), "tolerance": TOL,
               "checks": checks, "notes": notes, "records": records}

@@ -29,11 +29,9 @@ a markdown table beside it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,7 +40,6 @@ from typing import List, Optional, Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/curvature.py
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -52,7 +49,7 @@ from flatness.models import cnn1d, mlp  # noqa: E402
 from flatness.population import train_population  # noqa: E402
 from flatness.population_curvature import population_top_eigenvalues  # noqa: E402
 from flatness.training import train  # noqa: E402
-from benchmarks.common import write_atomic  # noqa: E402
+from benchmarks.common import machine_info, write_atomic  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "population.json"
 QUICK_OUT = Path(__file__).resolve().parent.parent / "_build" / "benchmarks" / "population.json"
@@ -126,18 +123,6 @@ def bench_lambda_max(models: List[nn.Module], data, repeats: int) -> dict:
     log(f"lambda_max P={len(models)}: population {population:.2f} s, loop {loop:.2f} s, "
         f"×{loop / population:.2f}, max rel. difference {rel:.1e}")
     return rec
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "platform": platform.platform()}
 
 
 def markdown(result: dict) -> str:
