@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["machine_info", "write_atomic"]
+__all__ = ["machine_info", "write_atomic", "write_results"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -44,3 +45,11 @@ def machine_info(**extra) -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "numpy": np.__version__, "platform": platform.platform(), **extra}
+
+
+def write_results(out: Path, result: dict, markdown) -> None:
+    """Write a benchmark's ``result`` to ``out`` (JSON) and its ``markdown(result)`` beside it
+    (``.md``), each atomically."""
+    out = Path(out)
+    write_atomic(out, json.dumps(result, indent=1) + "\n")
+    write_atomic(out.with_suffix(".md"), markdown(result))

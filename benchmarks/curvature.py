@@ -59,7 +59,7 @@ from flatness.data import mnist1d  # noqa: E402
 from flatness.exact_trace import piecewise_linear_trace  # noqa: E402
 from flatness.cache import load_or_train  # noqa: E402
 from flatness.training import TrainConfig  # noqa: E402
-from benchmarks.common import machine_info, write_atomic  # noqa: E402
+from benchmarks.common import machine_info, write_results  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
 TOL = 1e-3
@@ -636,8 +636,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         result["command"] = "python -m benchmarks.curvature"
         result["total_seconds"] = round(result["total_seconds"] + old.get("total_seconds", 0), 1)
         result["load_before"] = old.get("load_before", load_before)
-    write_atomic(out, json.dumps(result, indent=1) + "\n")
-    write_atomic(out.with_suffix(".md"), markdown(result))
+    write_results(out, result, markdown)
     log(f"wrote {out} and {out.with_suffix('.md')} in {result['total_seconds']} s")
     return result
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -49,7 +48,7 @@ from flatness.models import cnn1d, mlp  # noqa: E402
 from flatness.population import train_population  # noqa: E402
 from flatness.population_curvature import population_top_eigenvalues  # noqa: E402
 from flatness.training import train  # noqa: E402
-from benchmarks.common import machine_info, write_atomic  # noqa: E402
+from benchmarks.common import machine_info, write_results  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "population.json"
 QUICK_OUT = Path(__file__).resolve().parent.parent / "_build" / "benchmarks" / "population.json"
@@ -204,8 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               "total_seconds": round(time.perf_counter() - start, 1), "notes": notes,
               "records": records}
     out = Path(args.out) if args.out is not None else (QUICK_OUT if args.quick else DEFAULT_OUT)
-    write_atomic(out, json.dumps(result, indent=1) + "\n")
-    write_atomic(out.with_suffix(".md"), markdown(result))
+    write_results(out, result, markdown)
     log(f"wrote {out} and {out.with_suffix('.md')} in {result['total_seconds']} s")
     return result
 

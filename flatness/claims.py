@@ -314,6 +314,25 @@ def _untestable(m: Measurement, rule: str) -> Decision:
                     (m,))
 
 
+def _one_sided(m: Measurement, t: float, above: bool) -> Decision:
+    """The rule of :func:`interval_above` (``above``) or :func:`interval_below`: held iff the
+    whole interval (or the exact number) lies on that side of ``t``."""
+    side, other = ("above", "below") if above else ("below", "above")
+    rule = f"{_level(m) if m.low is not None else 'value'} {side} {_g(t)}"
+    if not m.testable:
+        return _untestable(m, rule)
+    if m.low is None:
+        held = m.estimate > t if above else m.estimate < t
+        sign = ((">" if held else "≤") if above else ("<" if held else "≥"))
+        return Decision(HELD if held else NOT_HELD, rule, f"{_g(m.estimate)} {sign} {_g(t)}", (m,))
+    is_above, is_below = m.low > t, m.high < t
+    held = is_above if above else is_below
+    where = (f"lies {side}" if held else
+             (f"lies {other}" if (is_below if above else is_above) else "contains"))
+    return Decision(HELD if held else NOT_HELD, rule,
+                    f"{_level(m)} [{_g(m.low)}, {_g(m.high)}] {where} {_g(t)}", (m,))
+
+
 def interval_above(value, ci=None, threshold=None, *, name: str = "", n: Optional[int] = None,
                    level: Optional[float] = None) -> Decision:
     r"""Held iff the whole interval lies above ``threshold``: :math:`L > t`.
@@ -343,18 +362,8 @@ def interval_above(value, ci=None, threshold=None, *, name: str = "", n: Optiona
     >>> interval_above(2.3, (0.9, 3.1), 1.0).detail
     '95 % interval [0.9, 3.1] contains 1'
     """
-    t = _finite(threshold, "threshold")
-    m = _as_measurement(value, ci, name, n, level)
-    rule = f"{_level(m) if m.low is not None else 'value'} above {_g(t)}"
-    if not m.testable:
-        return _untestable(m, rule)
-    if m.low is None:
-        held = m.estimate > t
-        return Decision(HELD if held else NOT_HELD, rule,
-                        f"{_g(m.estimate)} {'>' if held else '≤'} {_g(t)}", (m,))
-    where = "lies above" if m.low > t else ("lies below" if m.high < t else "contains")
-    return Decision(HELD if m.low > t else NOT_HELD, rule,
-                    f"{_level(m)} [{_g(m.low)}, {_g(m.high)}] {where} {_g(t)}", (m,))
+    return _one_sided(_as_measurement(value, ci, name, n, level),
+                      _finite(threshold, "threshold"), above=True)
 
 
 def interval_below(value, ci=None, threshold=None, *, name: str = "", n: Optional[int] = None,
@@ -368,18 +377,8 @@ def interval_below(value, ci=None, threshold=None, *, name: str = "", n: Optiona
     >>> interval_below(0.7, (0.6, 0.8), 1.0).outcome
     'held'
     """
-    t = _finite(threshold, "threshold")
-    m = _as_measurement(value, ci, name, n, level)
-    rule = f"{_level(m) if m.low is not None else 'value'} below {_g(t)}"
-    if not m.testable:
-        return _untestable(m, rule)
-    if m.low is None:
-        held = m.estimate < t
-        return Decision(HELD if held else NOT_HELD, rule,
-                        f"{_g(m.estimate)} {'<' if held else '≥'} {_g(t)}", (m,))
-    where = "lies below" if m.high < t else ("lies above" if m.low > t else "contains")
-    return Decision(HELD if m.high < t else NOT_HELD, rule,
-                    f"{_level(m)} [{_g(m.low)}, {_g(m.high)}] {where} {_g(t)}", (m,))
+    return _one_sided(_as_measurement(value, ci, name, n, level),
+                      _finite(threshold, "threshold"), above=False)
 
 
 def interval_contains(value, ci=None, target=None, *, name: str = "", n: Optional[int] = None,
