@@ -2,30 +2,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import assert_unperturbed, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flatness import landscape
 from flatness.models import cnn1d, mlp
 from flatness.training import evaluate
-
-
-def _snapshot(model):
-    return ({k: p.detach().clone() for k, p in model.named_parameters()},
-            {k: p.requires_grad for k, p in model.named_parameters()},
-            {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
-            {k: m.training for k, m in model.named_modules()})
-
-
-def _assert_unperturbed(model, snap):
-    values, flags, grads, modes = snap
-    for k, p in model.named_parameters():
-        assert torch.equal(p.detach(), values[k])
-        assert p.requires_grad == flags[k]
-        assert (p.grad is None) == (grads[k] is None)
-        if p.grad is not None:
-            assert torch.equal(p.grad, grads[k])
-    assert {k: m.training for k, m in model.named_modules()} == modes
 
 
 def _linear(weight, bias):
@@ -42,12 +25,12 @@ def test_interpolation_endpoints_and_model_untouched():
     a[0].weight.grad = torch.ones_like(a[0].weight)
     a.train()
     X, y = torch.randn(20, 5), torch.randint(0, 3, (20,))
-    snaps = _snapshot(a), _snapshot(b)
+    snaps = snapshot(a), snapshot(b)
     res = landscape.interpolate(a, b, [0.0, 0.5, 1.0], (X, y))
     assert res["loss"][0] == pytest.approx(evaluate(a, (X, y))[0], rel=1e-6)
     assert res["loss"][2] == pytest.approx(evaluate(b, (X, y))[0], rel=1e-6)
-    _assert_unperturbed(a, snaps[0])
-    _assert_unperturbed(b, snaps[1])
+    assert_unperturbed(a, snaps[0])
+    assert_unperturbed(b, snaps[1])
 
 
 def test_interpolation_interior_point_is_the_interpolated_model():
@@ -134,11 +117,11 @@ def test_evaluate_at_leaves_model_unperturbed():
     net[0].bias.requires_grad_(False)
     net[3].weight.grad = torch.ones_like(net[3].weight)
     X, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
-    snap = _snapshot(net)
+    snap = snapshot(net)
     point = {k: 2 * v.detach() for k, v in net.named_parameters()}
     landscape.evaluate_at(net, point, (X, y), eval_mode=True)
     landscape.loss_surface(net, (X, y), steps=2, eval_mode=True)
-    _assert_unperturbed(net, snap)
+    assert_unperturbed(net, snap)
 
 
 def test_filter_normalization():

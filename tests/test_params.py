@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from oracles import assert_unperturbed, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -12,26 +13,6 @@ from flatness.params import (
     parameter_slices,
     unflatten_parameters,
 )
-
-
-def _snapshot(model):
-    return ({k: p.detach().clone() for k, p in model.named_parameters()},
-            {k: p.requires_grad for k, p in model.named_parameters()},
-            {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
-            {k: m.training for k, m in model.named_modules()},
-            {k: b.clone() for k, b in model.named_buffers()})
-
-
-def _assert_unperturbed(model, snap):
-    values, flags, grads, modes, buffers = snap
-    for k, p in model.named_parameters():
-        assert torch.equal(p.detach(), values[k]) and p.dtype == values[k].dtype
-        assert p.requires_grad == flags[k]
-        assert (p.grad is None) == (grads[k] is None)
-        if p.grad is not None:
-            assert torch.equal(p.grad, grads[k])
-    assert {k: m.training for k, m in model.named_modules()} == modes
-    assert all(torch.equal(b, buffers[k]) for k, b in model.named_buffers())
 
 
 def _frozen_mlp():
@@ -146,7 +127,7 @@ def test_loss_at_leaves_the_model_unperturbed_and_works_under_no_grad():
     net[0].weight.grad = torch.full_like(net[0].weight, 3.0)
     net.train()
     X, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
-    snap = _snapshot(net)
+    snap = snapshot(net)
     vector = ParameterLayout(net).to_vector(net) + 0.1
     with pytest.raises(ValueError, match="train mode"):
         loss_at(net, nn.CrossEntropyLoss(), (X, y), vector)
@@ -154,7 +135,7 @@ def test_loss_at_leaves_the_model_unperturbed_and_works_under_no_grad():
     with torch.no_grad():
         inside = loss_at(net, nn.CrossEntropyLoss(), (X, y), vector, grad=True, eval_mode=True)
     assert free[0] == inside[0] and torch.equal(free[1], inside[1])
-    _assert_unperturbed(net, snap)
+    assert_unperturbed(net, snap)
 
 
 def test_loss_at_checks_every_batch():

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from oracles import assert_unperturbed, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -108,24 +109,6 @@ def test_least_squares_maximum_is_the_gradient_sign_corner():
     assert keskar_sharpness(net, nn.MSELoss(), loader, eps=eps) == pytest.approx(expected, rel=1e-9)
 
 
-def _snapshot(model):
-    return ({k: p.detach().clone() for k, p in model.named_parameters()},
-            {k: p.requires_grad for k, p in model.named_parameters()},
-            {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
-            {k: m.training for k, m in model.named_modules()})
-
-
-def _assert_unperturbed(model, snap):
-    values, flags, grads, modes = snap
-    for k, p in model.named_parameters():
-        assert torch.equal(p.detach(), values[k]) and p.dtype == values[k].dtype
-        assert p.requires_grad == flags[k]
-        assert (p.grad is None) == (grads[k] is None)
-        if p.grad is not None:
-            assert torch.equal(p.grad, grads[k])
-    assert {k: m.training for k, m in model.named_modules()} == modes
-
-
 def test_network_model_untouched_and_reproducible():
     torch.manual_seed(0)
     net = mlp(4, (5,), 3)
@@ -133,11 +116,11 @@ def test_network_model_untouched_and_reproducible():
     net[2].weight.grad = torch.ones_like(net[2].weight)  # an existing gradient is kept
     net.train()
     X, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
-    snap = _snapshot(net)
+    snap = snapshot(net)
     a = keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y), eps=1e-3, seed=1)
     b = keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y), eps=1e-3, seed=1)
     assert a == b and a > 0
-    _assert_unperturbed(net, snap)
+    assert_unperturbed(net, snap)
 
 
 def test_inside_no_grad_gives_the_same_number():
