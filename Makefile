@@ -66,12 +66,16 @@ $(STAMP): requirements.txt
 
 # The environment's Jupyter configuration (tools/jupyter/): JupyterLab's kernels get CurveZMQ
 # transport encryption, and the kernels papermill and nbval start (which read no Jupyter
-# configuration, so cannot be encrypted) do not log "Kernel is running over TCP without encryption".
-JUPYTER_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.py $(VENV)/etc/jupyter/jupyter_server_config.json
+# configuration, so cannot be encrypted) do not log "Kernel is running over TCP without encryption";
+# saving a chapter from Lab keeps its committed metadata (a pre-save hook, jupyter_server_config.py).
+JUPYTER_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.py $(VENV)/etc/jupyter/jupyter_server_config.json \
+  $(VENV)/etc/jupyter/jupyter_server_config.py
 $(STAMP): | $(JUPYTER_CONFIG)
 $(VENV)/etc/ipython/ipython_kernel_config.py: tools/jupyter/ipython_kernel_config.py
 	@mkdir -p $(@D) && cp $< $@
 $(VENV)/etc/jupyter/jupyter_server_config.json: tools/jupyter/jupyter_server_config.json
+	@mkdir -p $(@D) && cp $< $@
+$(VENV)/etc/jupyter/jupyter_server_config.py: tools/jupyter/jupyter_server_config.py
 	@mkdir -p $(@D) && cp $< $@
 
 # Execute one chapter with papermill; re-run only when the notebook or flatness changed.
