@@ -52,6 +52,7 @@ from . import (  # noqa: E402
     noise,
     noise_sweep,
     operators,
+    paper_models,
     params,
     plotting,
     population,
@@ -91,7 +92,7 @@ def seed_everything(seed: int) -> None:
 __all__ = ["HessianOperator", "TrainConfig", "alpha_experiments", "cache", "checks", "claims", "curvature",
            "data", "dense_hessian", "evaluate", "evidence", "exact_trace", "figures", "hessian_frobenius",
            "hessian_trace", "interpolate", "keskar_sharpness", "krylov", "landscape", "large_batch", "layers",
-           "load_or_train", "models", "noise", "noise_sweep", "operators", "params", "plotting",
+           "load_or_train", "models", "noise", "noise_sweep", "operators", "paper_models", "params", "plotting",
            "population", "population_curvature", "prior_sweep", "reparam_experiments", "reparametrize",
            "seed_everything", "sharpness", "spectral_density", "stability", "stats", "sublevel", "sweeps",
            "symmetries", "tables", "top_eigenvalues", "train", "training"]

@@ -10,6 +10,8 @@ from typing import Sequence
 
 from torch import nn
 
+from flatness.paper_models import MAKERS as _PAPER_MAKERS  # the papers' own networks, by spec name
+
 __all__ = ["ACTIVATIONS", "mlp", "cnn1d", "from_spec", "num_parameters"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh,
@@ -76,7 +78,7 @@ def from_spec(spec: dict) -> nn.Module:
     """Build a model from a JSON-able description such as ``{"name": "mlp", "widths": [100]}``."""
     spec = dict(spec)
     name = spec.pop("name", None)
-    makers = {"mlp": mlp, "cnn1d": cnn1d}
+    makers = {"mlp": mlp, "cnn1d": cnn1d, **_PAPER_MAKERS}
     if name not in makers:
         raise ValueError(f"spec: 'name' must be one of {sorted(makers)}, got {name!r}")
     return makers[name](**spec)
