@@ -50,6 +50,7 @@ help:
 	@echo "make test        unit tests + doctests, every chapter in quick mode under nbval, quick book"
 	@echo "make pdf         the book as one PDF (_build/latex/book.pdf; QUICK=1 for quick mode)"
 	@echo "make browser-test  every page of _build/html in headless Chromium, offline"
+	@echo "make paper DATASET=mnist DATA_ROOT=~/data DEVICE=cuda  the real-data chapters at paper scale"
 	@echo "make lab         JupyterLab on the chapters"
 	@echo "make expected CHAPTER=chapters/NAME.ipynb  refresh the outputs nbval compares"
 	@echo "make normalize   put every chapter notebook in canonical form (stable ids, no stray outputs)"
@@ -112,6 +113,30 @@ book: html
 scoreboard: $(EXECUTED)
 	$(SCOREBOARD) --out _build/scoreboard-$(MODE).md
 	@echo "scoreboard: $(CURDIR)/_build/scoreboard-$(MODE).md ($(MODE) mode)"
+
+# Paper scale on real data (running.md): each chapter of PAPER_CHAPTERS executed with papermill on the
+# files under DATA_ROOT, on DEVICE, at SCALE, into _build/executed/paper/; claims go to their own
+# folder (_build/claims-paper/), so they never mix with the book's scoreboard.
+PAPER_CHAPTERS ?= 01_large_batch 04_occam_factor 05_noise_scale
+DATASET ?= mnist
+DATA_ROOT ?=
+DEVICE ?= cpu
+SCALE ?= paper
+PAPER_OUT ?= _build/executed/paper
+PAPER_CLAIMS ?= $(CURDIR)/_build/claims-paper/$(DATASET)
+.PHONY: paper
+paper: $(STAMP)
+	@test -n "$(DATA_ROOT)" -o "$(DATASET)" = digits || (echo "usage: make paper DATASET=mnist|fashionmnist|cifar10 \
+	DATA_ROOT=/path/to/files [DEVICE=cuda] [SCALE=paper|full|quick] [PAPER_CHAPTERS='01_large_batch ...']" && exit 2)
+	@mkdir -p $(PAPER_OUT)
+	@for c in $(PAPER_CHAPTERS); do \
+	  echo "executing chapters/$$c.ipynb on $(DATASET), $(SCALE) scale, $(DEVICE)"; \
+	  FLATNESS_CLAIMS_DIR=$(PAPER_CLAIMS) $(BIN)/papermill --cwd chapters --progress-bar \
+	    -p DATASET $(DATASET) $(if $(DATA_ROOT),-p DATA_ROOT "$$(cd $(DATA_ROOT) && pwd)",) \
+	    -p DEVICE $(DEVICE) -p SCALE $(SCALE) chapters/$$c.ipynb \
+	    $(PAPER_OUT)/$$c.$(DATASET).$(SCALE).ipynb || exit 1; \
+	done
+	@echo "executed notebooks: $(PAPER_OUT)/; claims: $(PAPER_CLAIMS)/"
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests flatness tools --doctest-modules -p no:cacheprovider
