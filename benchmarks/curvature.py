@@ -17,6 +17,9 @@ For each model (the MNIST-1D MLP, the 1-D CNN, a wider MLP), trained briefly thr
   ``--trace-reps`` (20) seeds at a fixed budget of products, against the exact trace (from the
   dense Hessian for the CNN; for the MLPs from the Gauss–Newton diagonal, which equals the
   Hessian diagonal for piecewise-linear networks — checked against the dense CNN Hessian).
+* ``lambda_max@defaults``: each library as a user calls it, with nothing searched against the
+  reference: its defaults, and the tolerance its documentation gives for 1e-3 where that
+  differs; products, seconds (medians over the three seeds) and the largest error.
 * ``dense_spectrum`` (CNN): the dense Hessian and all its eigenvalues.
 * ``hvp``: one product by double backward through a retained graph, by a fresh double backward,
   by ``torch.func`` forward-over-reverse, and batched over 8 vectors.
@@ -62,6 +65,7 @@ from flatness.training import TrainConfig  # noqa: E402
 from benchmarks.common import machine_info, write_results  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
+TASKS = ("hvp", "lambda_max", "defaults", "top5", "dense", "trace")
 TOL = 1e-3
 SEEDS = (0, 1, 2)
 BUDGETS = (10, 30, 100)
@@ -309,6 +313,80 @@ def bench_eigen(name, model, data, ref_vals, peers, task, k, records, max_produc
                               + ("" if max(errs) <= TOL else " (did not reach 1e-3)")))
 
 
+def default_methods(peers: dict) -> Dict[str, Tuple[Callable, str]]:
+    """What a user gets without tuning: ``name@setting -> (f(model, data, seed) -> (values,
+    products), the setting in words)`` for λ_max, each library at its defaults and at the
+    tolerance its documentation gives for the accuracy wanted (1e-3), where that differs."""
+
+    def flatness_at(**kw):
+        def run(model, data, seed):
+            res = curvature.top_eigenvalues(model, LOSS, data, k=1, seed=seed, **kw)
+            return res.eigenvalues, res.products
+        return run
+
+    methods = {"flatness@defaults": (flatness_at(), "top_eigenvalues(k=1): tol=1e-6"),
+               "flatness@tol=1e-3": (flatness_at(tol=1e-3), "tol=1e-3 (documented: relative accuracy)")}
+    if "pyhessian" in peers:
+        ph = peers["pyhessian"]
+
+        def pyhessian_defaults(model, data, seed):
+            with pyhessian_counted(ph) as counter:
+                torch.manual_seed(seed)
+                try:
+                    vals, _ = pyhessian_object(ph, model, data).eigenvalues()
+                finally:
+                    clear_grads(model)
+            return np.sort(np.asarray(vals, dtype=float))[::-1], counter.n
+
+        methods["pyhessian@defaults"] = (
+            pyhessian_defaults, "eigenvalues(): maxIter=100, tol=1e-3 (relative change between iterations)")
+    if "hessian-eigenthings" in peers:
+        he = peers["hessian-eigenthings"]
+
+        def eigenthings_at(**kw):
+            def run(model, data, seed):
+                op = he.HessianOperator(model, [data], he.supervised_loss(LOSS))
+                counter = Counter()
+                op.matvec = counter.wrap(op.matvec)
+                res = he.lanczos(op, k=1, which="LA", seed=seed, **kw)
+                return np.sort(res.eigenvalues.detach().double().numpy())[::-1], counter.n
+            return run
+
+        methods["hessian-eigenthings@defaults"] = (eigenthings_at(), "lanczos(k=1, which='LA'): tol=1e-4")
+        methods["hessian-eigenthings@tol=1e-3"] = (eigenthings_at(tol=1e-3), "tol=1e-3")
+    if "curvlinops" in peers:
+        cl = peers["curvlinops"]
+        methods["curvlinops@defaults"] = (lambda m, d, s: run_curvlinops(m, d, 1, 0, s, cl=cl),
+                                          "scipy eigsh on its operator: tol=0 (machine precision)")
+        methods["curvlinops@tol=1e-3"] = (lambda m, d, s: run_curvlinops(m, d, 1, 1e-3, s, cl=cl),
+                                          "eigsh tol=1e-3")
+    return methods
+
+
+def bench_defaults(name, model, data, ref_vals, peers, records, seeds):
+    """λ_max with every library at its defaults (and at its documented tolerance for 1e-3):
+    no setting is searched against the known answer. Medians over ``seeds`` of products and
+    seconds, interleaved with the order rotated; the largest relative error."""
+    ref = ref_vals[:1]
+    methods = default_methods(peers)
+    for method, (run, _) in methods.items():  # warm-up
+        run(model, data, seeds[0])
+    results = {m: [] for m in methods}
+    for rep, seed in enumerate(seeds):
+        order = list(methods)[rep % len(methods):] + list(methods)[:rep % len(methods)]
+        for method in order:
+            t = time.perf_counter()
+            vals, products = methods[method][0](model, data, seed)
+            results[method].append((time.perf_counter() - t, products, rel_error(vals, ref)))
+    for method, runs in results.items():
+        err = max(r[2] for r in runs)
+        records.append(record(name, "lambda_max@defaults", method,
+                              statistics.median(r[1] for r in runs),
+                              statistics.median(r[0] for r in runs), err,
+                              methods[method][1] + ("" if err <= TOL else " (error above 1e-3)")))
+        log(f"  {name} defaults {method}: {records[-1]['products']} products, error {err:.1e}")
+
+
 # --------------------------------------------------------------------------------------------
 # trace
 # --------------------------------------------------------------------------------------------
@@ -548,12 +626,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help=f"JSON output path (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
                              f"with --quick {QUICK_OUT.relative_to(QUICK_OUT.parents[2])})")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(MODELS)}")
+    parser.add_argument("--tasks", nargs="*", default=None, choices=TASKS,
+                        help="run only these tasks (default: all)")
     parser.add_argument("--keep-others", action="store_true",
-                        help="keep the records of other models already in --out")
+                        help="keep the records of other models and tasks already in --out")
     parser.add_argument("--trace-reps", type=int, default=None,
                         help="repetitions per trace budget (default 20; 5 with --quick)")
     args = parser.parse_args(argv)
     names = args.models or (["mlp"] if args.quick else list(MODELS))
+    tasks = set(args.tasks or TASKS)
     reps = args.trace_reps or (5 if args.quick else 20)
     repeats = 3
     peers, notes = load_peers()
@@ -580,15 +661,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"{np.round(ref, 4).tolist()} ({time.perf_counter() - t:.1f} s)")
         checks[f"{name}_parameters"] = P
         checks[f"{name}_lambda_max"] = float(ref[0])
-        bench_hvp(name, model, data, peers, records, 5)
+        if "hvp" in tasks:
+            bench_hvp(name, model, data, peers, records, 5)
         small = P < 50_000
         max_products, power_iters = (3000, 1000) if small else (600, 120)
-        bench_eigen(name, model, data, ref, peers, "lambda_max", 1, records, max_products, SEEDS,
-                    power_iters)
-        if not args.quick:
+        if "lambda_max" in tasks:
+            bench_eigen(name, model, data, ref, peers, "lambda_max", 1, records, max_products, SEEDS,
+                        power_iters)
+        if "defaults" in tasks:
+            bench_defaults(name, model, data, ref, peers, records, SEEDS)
+        if not args.quick and "top5" in tasks:
             bench_eigen(name, model, data, ref, peers, "top5", 5, records, max_products, SEEDS,
                         power_iters)
         exact = None
+        if "trace" not in tasks and not (name == "cnn" and "dense" in tasks):
+            continue
         if name == "cnn":
             evals = bench_dense(name, model, data, ref, peers, records, repeats)
             exact = float(evals.sum())
@@ -601,9 +688,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         else:
             exact = piecewise_linear_trace(model, LOSS, data)
         checks[f"{name}_trace"] = exact
-        bench_trace(name, model, data, exact, peers, records, reps,
-                    BUDGETS[:2] if args.quick else BUDGETS,
-                    skip=() if small else ("curvlinops-xtrace",))
+        if "trace" in tasks:
+            bench_trace(name, model, data, exact, peers, records, reps,
+                        BUDGETS[:2] if args.quick else BUDGETS,
+                        skip=() if small else ("curvlinops-xtrace",))
     notes += [
         "lambda_max/top5: each method's setting is the loosest on its ladder that reaches 1e-3 "
         "relative error from all three start seeds; products and seconds are medians over the "
@@ -619,6 +707,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "largest even number of products within the budget; it is left out on the wide MLP to "
         "bound the run time.",
         "hvp: seconds per call; products is the number of vectors in the call.",
+        "lambda_max@defaults: every library as a user calls it for the top eigenvalue, nothing "
+        "searched against the reference: its defaults, and the tolerance its documentation gives "
+        "for 1e-3 where that differs (hessian-eigenthings and curvlinops; PyHessian's default is "
+        "tol=1e-3). hessian-eigenthings' lanczos runs 2k steps when max_iter is not given (2 "
+        "for k=1), whatever its tol. which='LA' throughout.",
     ]
     result = {"command": "python -m benchmarks.curvature" + (" --quick" if args.quick else ""),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -629,10 +722,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     out = output_path(args.out, args.quick)
     if args.keep_others and out.exists():
         old = json.loads(out.read_text())
-        kept = [r for r in old["records"] if r["model"] not in names]
+        ran = {(r["model"], r["task"]) for r in records}
+        kept = [r for r in old["records"] if (r["model"], r["task"]) not in ran]
         result["records"] = kept + records
-        result["checks"] = {**{k: v for k, v in old.get("checks", {}).items()
-                               if not any(k.startswith(n + "_") for n in names)}, **checks}
+        result["checks"] = {**old.get("checks", {}), **checks}
+        result["notes"] = list(dict.fromkeys(old.get("notes", []) + notes))
         result["command"] = "python -m benchmarks.curvature"
         result["total_seconds"] = round(result["total_seconds"] + old.get("total_seconds", 0), 1)
         result["load_before"] = old.get("load_before", load_before)

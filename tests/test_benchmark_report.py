@@ -135,3 +135,22 @@ def test_population_goals_and_table(tmp_path):
     committed = report.load_population(report.Path(__file__).parent.parent / "benchmarks/results/population.json")
     assert {g.id for g in report.population_goals(committed)} == {
         "population-train", "population-lambda-max", "population-p1"}
+
+
+def test_defaults_goal_needs_error_products_and_time():
+    from flatness.claims import HELD, NOT_HELD
+
+    def bench(fl_products, fl_seconds, fl_error):
+        return {"tolerance": 1e-3, "records": [
+            rec("mlp", "lambda_max@defaults", "flatness@defaults", fl_products, fl_seconds, fl_error),
+            rec("mlp", "lambda_max@defaults", "pyhessian@defaults", 12, 1.0, 3e-3)]}
+
+    cases = [((6, 0.5, 1e-7), HELD),       # exactly half of both, within the tolerance
+             ((7, 0.5, 1e-7), NOT_HELD),   # one product too many
+             ((6, 0.6, 1e-7), NOT_HELD),   # too slow
+             ((3, 0.1, 2e-3), NOT_HELD)]   # cheap but not within 1e-3
+    for args, outcome in cases:
+        found = {g.id: g.decision.outcome for g in report.goals(bench(*args))}
+        assert found == {"mlp-lambda-max-defaults": outcome}
+        held, _ = report.check_goals(bench(*args))
+        assert list(held.values()) == [outcome == HELD]
