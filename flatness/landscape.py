@@ -15,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive, materialize, quiet_torch_func
-from .params import ParameterLayout
+from .params import ParameterLayout, loss_at
 from .training import evaluate
 
-__all__ = ["evaluate_at", "interpolate", "filter_normalized_direction", "loss_surface"]
+__all__ = ["evaluate_at", "interpolate", "filter_normalized_direction", "loss_surface",
+           "filter_normalized_sharpness"]
 
 
 def evaluate_at(model: nn.Module, params: Dict[str, Tensor], data, loss_fn=None,
@@ -180,3 +181,74 @@ def loss_surface(model: nn.Module, data, loss_fn=None, directions=None, span: fl
             point = layout.to_dict(base + a * d1 + b * d2)
             loss[i, j], acc[i, j] = evaluate_at(model, point, data, loss_fn, eval_mode)
     return {"a": grid, "b": grid.copy(), "loss": loss, "accuracy": acc}
+
+
+def filter_normalized_sharpness(model: nn.Module, loss_fn, data, *, radius: float,
+                                num_points: int, seed: int = 0, bias: str = "zero",
+                                eval_mode: Optional[bool] = None) -> float:
+    r"""1-D filter-normalized sharpness: the largest loss increase along a filter-normalized
+    random direction (Li et al. 2018),
+
+    .. math:: \max_{t \in T} L(\theta + t\,d) - L(\theta), \qquad
+              T = \{-r, \dots, r\} \text{ (num\_points evenly spaced)},
+
+    with :math:`d` from :func:`filter_normalized_direction` (seed ``seed``): a Gaussian
+    direction whose every filter (row of a linear weight, output channel of a convolution) has
+    the norm of the model's filter. Li et al. define the direction for plots; this scalar reads
+    the 1-D plot's worst point inside the radius.
+
+    **Bias/BatchNorm policy.** With ``bias="zero"`` (the default, Li et al.'s choice) every
+    parameter with at most one dimension — biases, BatchNorm's weight and bias — has direction 0
+    and does not move; BatchNorm's running statistics are buffers and are never perturbed (in
+    eval mode they are used as they are). ``bias="scaled"`` moves each 1-D entry by its own
+    magnitude instead.
+
+    **Invariance.** A symmetry that multiplies whole filters by positive factors,
+    :math:`\theta_j \mapsto c_j\theta_j`, multiplies their directions by the same factors, so
+    :math:`\theta' + t d' = D(\theta + t d)` and the curve is unchanged: α-scale of whole
+    layers (biases do not move under ``bias="zero"`` and move in proportion to themselves under
+    ``"scaled"``, so either policy keeps it) and the radial rescaling of
+    weight-normalized rows are symmetries of this kind. Per-neuron rescaling is not: dividing
+    the input columns of the next layer by :math:`c_a` changes the norms of its filters
+    non-proportionally, so the measure moves.
+
+    Args:
+        model: the network (not changed).
+        loss_fn: a mean-reduced loss.
+        data: an ``(X, y)`` pair or an iterable of batches.
+        radius: the half-width :math:`r > 0` (in units of the filter norms).
+        num_points: grid points (≥ 2; an odd number includes :math:`t = 0`).
+        seed: seeds the direction.
+        bias: ``"zero"`` or ``"scaled"`` (see above).
+        eval_mode: see :func:`flatness.checks.evaluation`.
+
+    Returns:
+        The sharpness (a loss difference, in float64).
+
+    Raises:
+        ValueError: ``radius`` not positive, ``num_points`` not an integer ≥ 2, a bad ``bias``,
+            bad data.
+
+    >>> net = torch.nn.Linear(2, 1, bias=False)
+    >>> X, y = torch.eye(2), net(torch.eye(2)).detach()        # an exact minimum, L = 0
+    >>> s = filter_normalized_sharpness(net, torch.nn.MSELoss(), (X, y), radius=1.0, num_points=3)
+    >>> abs(s - 0.5 * float(net.weight.norm()) ** 2) < 1e-6    # t = ±1: |d|^2 / 2 = |w|^2 / 2
+    True
+    """
+    check_positive(radius, "radius")
+    check_positive(num_points, "num_points", integer=True)
+    if num_points < 2:
+        raise ValueError(f"num_points: expected an integer >= 2, got {num_points!r}")
+    layout = ParameterLayout(model)
+    direction = layout.to_vector(filter_normalized_direction(model, seed, bias), "direction")
+    f64 = torch.float64
+    batches = [(X.to(f64) if X.is_floating_point() else X, y.to(f64) if y.is_floating_point() else y)
+               for X, y in materialize(data)]
+    theta = layout.to_vector(model, "model").to(f64)
+    direction = direction.to(theta)
+    f0 = loss_at(model, loss_fn, batches, theta, layout=layout, eval_mode=eval_mode)
+    worst = f0
+    for t in np.linspace(-radius, radius, num_points):
+        worst = max(worst, loss_at(model, loss_fn, batches, theta + float(t) * direction,
+                                   layout=layout, eval_mode=eval_mode, check=False))
+    return worst - f0

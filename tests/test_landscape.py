@@ -186,3 +186,88 @@ def test_landscape_inside_no_grad():
     with torch.no_grad():
         np.testing.assert_array_equal(landscape.loss_surface(a, (X, y), steps=2)["loss"], expected)
         assert landscape.interpolate(a, b, [0.5], (X, y))["loss"].shape == (1,)
+
+
+# --- filter_normalized_sharpness (helper MEASURES-A) ---------------------------------------
+
+def _fn_oracle(model, loss_fn, data, radius, num_points, seed=0):
+    """The same maximum with the direction and the losses computed independently."""
+    from torch.func import functional_call
+
+    X, y = data
+    d = landscape.filter_normalized_direction(model, seed)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    with torch.no_grad():
+        base = float(loss_fn(model(X), y))
+    best = base
+    for t in np.linspace(-radius, radius, num_points):
+        point = {k: params[k] + float(t) * d[k] for k in params}
+        best = max(best, float(loss_fn(functional_call(model, point, (X,)), y)))
+    return best - base
+
+
+def test_filter_normalized_sharpness_matches_the_direct_computation():
+    from invariance_helpers import class_data, relu_net
+
+    net, data = relu_net(bias=True), class_data()
+    CE = nn.CrossEntropyLoss()
+    s = landscape.filter_normalized_sharpness(net, CE, data, radius=0.5, num_points=11, seed=3)
+    assert s == pytest.approx(_fn_oracle(net, CE, data, 0.5, 11, 3), rel=1e-12)
+    assert s >= 0
+
+
+def test_filter_normalized_sharpness_of_a_quadratic_is_half_the_curvature_along_d():
+    """L(w) = mean (Xw - y)^2 at an exact minimum: L(w + t d) = t^2 d' H d / 2 exactly."""
+    from oracles import oracle_hessian
+
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1, bias=False).double()
+    X = torch.randn(10, 4, dtype=torch.float64)
+    y = net(X).detach()
+    H = oracle_hessian(net, nn.MSELoss(), (X, y))
+    d = landscape.filter_normalized_direction(net, 1)["weight"].reshape(-1)
+    s = landscape.filter_normalized_sharpness(net, nn.MSELoss(), (X, y), radius=0.3,
+                                              num_points=5, seed=1)
+    assert s == pytest.approx(0.5 * 0.3 ** 2 * float(d @ H @ d), rel=1e-10)
+
+
+def test_filter_normalized_sharpness_invariances():
+    from invariance_helpers import (alpha_scaled, class_data, neuron_scaled, radially_scaled,
+                                    relative_change, relu_net, same_function, weight_normed)
+
+    net, data = relu_net(bias=True), class_data()
+    CE = nn.CrossEntropyLoss()
+    kw = dict(radius=0.5, num_points=9, seed=2)
+    base = landscape.filter_normalized_sharpness(net, CE, data, **kw)
+    a = alpha_scaled(net, 5)
+    assert same_function(net, a, data[0])
+    assert relative_change(base, landscape.filter_normalized_sharpness(a, CE, data, **kw)) < 1e-9
+    wn = weight_normed(net)
+    r = radially_scaled(wn, 5)
+    assert relative_change(landscape.filter_normalized_sharpness(wn, CE, data, **kw),
+                           landscape.filter_normalized_sharpness(r, CE, data, **kw)) < 1e-9
+    n = neuron_scaled(net, 5)
+    assert same_function(net, n, data[0])
+    assert relative_change(base, landscape.filter_normalized_sharpness(n, CE, data, **kw)) > 1e-2
+    # biases moved by their own magnitude ("scaled") scale with them too: still invariant
+    scaled = dict(kw, bias="scaled")
+    assert relative_change(landscape.filter_normalized_sharpness(net, CE, data, **scaled),
+                           landscape.filter_normalized_sharpness(a, CE, data, **scaled)) < 1e-9
+
+
+def test_filter_normalized_sharpness_unperturbed_and_bad_arguments():
+    from invariance_helpers import class_data, relu_net
+
+    net, data = relu_net(bias=True), class_data()
+    net.train()
+    net[0].weight.grad = torch.ones_like(net[0].weight)
+    snap = snapshot(net)
+    with torch.no_grad():
+        landscape.filter_normalized_sharpness(net, nn.CrossEntropyLoss(), data, radius=0.1,
+                                              num_points=3)
+    assert_unperturbed(net, snap)
+    for kw, name in [(dict(radius=0.0, num_points=3), "radius"),
+                     (dict(radius=0.1, num_points=1), "num_points"),
+                     (dict(radius=0.1, num_points=3, bias="bn"), "bias")]:
+        with pytest.raises(ValueError, match=name):
+            landscape.filter_normalized_sharpness(net, nn.CrossEntropyLoss(), data, **kw)
