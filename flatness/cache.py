@@ -184,7 +184,11 @@ def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
         retrain: ignore an existing cache file.
 
     Returns:
-        ``(model, history)``; the model is in eval mode.
+        ``(model, history)``; the model is in eval mode. A configuration's ``attack`` spec is
+        built with :func:`flatness.data.from_spec` and its training split passed to
+        :func:`~flatness.training.train` as ``attack_data``. The history of a file written
+        before ``stop_reason`` existed gets it filled in (``"target_acc"``, ``"epochs"`` or
+        ``"max_epochs"``).
     """
     path = cache_path(config, directory)
     clean_stale_temporaries(path.parent)
@@ -203,8 +207,10 @@ def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
             model.load_state_dict(start.state_dict())
         split = data_module.from_spec(config.data).to(device)
         options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                   if f.name not in ("model", "data", "init", "init_seed", "device")}
+                   if f.name not in ("model", "data", "init", "init_seed", "device", "attack")}
         options["milestones"] = tuple(options["milestones"])
+        if config.attack is not None:  # the attack set T is the spec's training split
+            options["attack_data"] = data_module.from_spec(config.attack).to(device).train
         every = options.pop("track_sharpness_every")
         callbacks = [SharpnessTracker(split.train, every)] if every else []
         history = train(model, split.train, test_data=split.test, progress=progress,
@@ -212,7 +218,11 @@ def load_or_train(config: TrainConfig, directory: Optional[Path] = None,
         store(config, model, history, directory)
         blob = {"history": history}
     model.eval()
-    return model, copy.deepcopy(blob["history"])
+    history = copy.deepcopy(blob["history"])
+    if isinstance(history, dict) and "stop_reason" not in history:  # written before it existed
+        history["stop_reason"] = ("target_acc" if history.get("reached_target") else
+                                  "epochs" if config.epochs is not None else "max_epochs")
+    return model, history
 
 
 def load_or_train_many(configs: Sequence[TrainConfig], progress: Optional[bool] = None,
@@ -225,8 +235,10 @@ def load_or_train_many(configs: Sequence[TrainConfig], progress: Optional[bool] 
     :func:`train_population` from :func:`flatness.training.build_model`'s initialization;
     every member is written to the cache under its own configuration's key as soon as it
     stops, in the file format of :func:`~flatness.cache.load_or_train`, which finds it later.
-    Configurations with a warm start or sharpness tracking are trained one by one by
-    :func:`~flatness.cache.load_or_train`. A configuration given twice is trained once.
+    Configurations with an attack set train with it (:func:`flatness.data.from_spec` of
+    ``attack``, its training split). Configurations with a warm start or sharpness tracking
+    are trained one by one by :func:`~flatness.cache.load_or_train`. A configuration given
+    twice is trained once.
 
     Args:
         configs: the configurations.
@@ -266,6 +278,12 @@ def load_or_train_many(configs: Sequence[TrainConfig], progress: Optional[bool] 
                 split = split.to(device)
             models = [build_model(configs[i]).to(device) for i in members]
             opts = [_member_options(configs[i], f"configs[{i}]") for i in members]
+            attack = getattr(configs[members[0]], "attack", None)  # shared by the group
+            if attack is not None:
+                T = data_module.from_spec(attack).train
+                T = tuple(t.to(device) for t in T)
+                for o in opts:
+                    o["attack_data"] = T
 
             def done(k: int, history: dict, members=members, models=models) -> None:
                 bar.set_postfix(training=len(todo_set) - bar.n)

@@ -142,3 +142,36 @@ def test_schedule_and_sharpness_tracking(cache):
     assert hist["batch_size"] == [32, 32, 64, 64]
     assert hist["lr"][2] == pytest.approx(0.01)
     assert [e for e, _ in hist["lambda_max"]] == [0, 2, 4]
+
+
+def test_keys_of_existing_configurations_are_unchanged():
+    """The fields added later (stopping rules, attack set, SAM) leave old keys as they were:
+    these keys were computed before those fields existed."""
+    from flatness.training import REFERENCE_MLP
+
+    assert REFERENCE_MLP.key() == "1d66b0e83ba24a68261f"
+    assert SMALL.key() == "a73b3edbb259654b517c"
+    assert SMALL.replace(init=REFERENCE_MLP, device="cuda:1", track_sharpness_every=2,
+                         milestones=(3, 5)).key() == "44057562b2003872124f"
+    assert SMALL.replace(optimizer="adam", augment={"shift": 2}).key() == "9fa30c4ae90730fe8512"
+    # the later fields enter the key when they differ from their defaults, also inside init
+    assert SMALL.replace(attack_weight=0, sam_rho=0.05, plateau_rtol=1e-3).key() == SMALL.key()
+    for change in (dict(target_train_loss=0.1, epochs=None), dict(plateau_patience=3, epochs=None),
+                   dict(plateau_rtol=1e-2), dict(attack={"name": "digits"}),
+                   dict(attack_weight=1.0), dict(sam_rho=0.1)):
+        assert SMALL.replace(**change).key() != SMALL.key(), change
+        assert SMALL.replace(init=SMALL.replace(**change)).key() != SMALL.replace(init=SMALL).key()
+
+
+def test_old_history_gets_a_stop_reason(cache):
+    """A file written before stop_reason existed is loaded with the reason filled in."""
+    model, hist = load_or_train(SMALL)
+    path = cache_path(SMALL)
+    blob = torch.load(path, weights_only=True)
+    del blob["history"]["stop_reason"]
+    blob["checksum"] = state_checksum(blob["state_dict"], blob["history"])
+    torch.save(blob, path)
+    stamp = path.stat().st_mtime_ns
+    _, old = load_or_train(SMALL)
+    assert path.stat().st_mtime_ns == stamp  # loaded, not retrained
+    assert old == hist and old["stop_reason"] == "epochs"

@@ -329,3 +329,103 @@ def test_population_curvature_bad_input():
         population_top_eigenvalues(models, loss, data, which="XX")
     with pytest.raises(ValueError, match="reduction"):
         population_top_eigenvalues(models, nn.CrossEntropyLoss(reduction="sum"), data)
+
+
+# --------------------------------------------------------------------------------------------
+# 2-D CNNs
+# --------------------------------------------------------------------------------------------
+
+def image_data(n=96, side=8, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 1, side, side, generator=g)
+    y = (X.reshape(n, -1) @ torch.randn(side * side, classes, generator=g)).argmax(1)
+    return X, y
+
+
+def small_cnn2d():
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), nn.Tanh(),
+                         nn.AvgPool2d(2, ceil_mode=True), nn.Conv2d(4, 3, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def cnn2d_models():
+    from flatness import models
+
+    makers = [("sequential", small_cnn2d)]
+    if hasattr(models, "cnn2d"):
+        makers += [("cnn2d", lambda: models.cnn2d((3, 4), image_size=8, num_classes=3)),
+                   ("cnn2d-linear", lambda: models.cnn2d((3,), image_size=8, num_classes=3,
+                                                         gap_head=False))]
+    if hasattr(models, "mlenet"):
+        makers.append(("mlenet", lambda: models.mlenet(image_size=8, channels=(3,),
+                                                       kernel_size=3, num_classes=3)))
+    return makers
+
+
+@pytest.mark.parametrize("name,make", cnn2d_models())
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cnn2d_members_follow_train(name, make, optimizer):
+    """Conv2d (grouped over members), pooling and global average pooling: every member
+    follows train; measured max |Δθ| after 3 epochs ≲ 1e-7 (the grouped convolution sums in
+    another order)."""
+    data, test = image_data(), image_data(40, seed=1)
+    lr = 0.05 if optimizer == "sgd" else 3e-3
+    options = [dict(optimizer=optimizer, lr=lr, momentum=0.9, epochs=3, seed=0, batch_size=24),
+               dict(optimizer=optimizer, lr=2 * lr, epochs=2, seed=1, batch_size=24,
+                    weight_decay=1e-3),
+               dict(optimizer=optimizer, lr=lr, target_train_acc=0.4, max_epochs=3, seed=2,
+                    batch_size=24)]
+    torch.manual_seed(0)
+    models = [make() for _ in options]
+    refs = [copy.deepcopy(m) for m in models]
+    hists = train_population(models, data, test_data=test, options=options)
+    for m, r, o, h in zip(models, refs, options, hists):
+        ref = train(r, data, test_data=test, **o)
+        assert_same_history(h, ref, len(data[1]))
+        assert max_deviation(m, r) <= THETA_TOL
+
+
+def test_cnn2d_plan_and_refusals():
+    plan = population_plan(small_cnn2d())
+    assert [e[0] for e in plan] == ["conv2d", "elementwise", "per_sample", "conv2d",
+                                    "elementwise", "per_sample", "conv2d", "per_sample",
+                                    "flatten"]
+    assert population_plan(small_cnn2d()) == plan  # plans compare by value
+    with pytest.raises(ValueError, match=r"layer 0 .* grouped"):
+        population_plan(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)))
+    with pytest.raises(ValueError, match="'same'-padded"):
+        population_plan(nn.Sequential(nn.Conv2d(1, 2, 3, padding="same")))
+    with pytest.raises(ValueError, match="returns indices"):
+        population_plan(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2, return_indices=True)))
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        population_plan(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+
+
+def test_population_hessian_of_cnn2d_members_matches_dense_oracle():
+    torch.manual_seed(3)
+    models = [nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
+                            nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+              for _ in range(2)]
+    X, y = image_data(20, side=4)
+    loss = nn.CrossEntropyLoss()
+    H = PopulationHessian(models, loss, (X, y), dtype=torch.float64)
+    V = torch.randn(len(models), H.dim, dtype=torch.float64)
+    HV = H.matvec(V)
+    for p, m in enumerate(models):
+        dense = oracle_hessian(m, loss, (X, y))
+        torch.testing.assert_close(HV[p], dense @ V[p], rtol=1e-10, atol=1e-12)
+
+
+def test_load_or_train_many_batches_cnn2d_configs(cache, tmp_path):
+    base = TrainConfig(model={"name": "cnn2d", "channels": [3, 4], "image_size": 8},
+                       data={"name": "digits", "n_train": 120, "n_test": 40, "images": True},
+                       lr=0.05, momentum=0.9, batch_size=40, epochs=2, seed=0)
+    configs = [base, base.replace(seed=1, lr=0.1), base.replace(seed=2, target_train_loss=2.0,
+                                                                epochs=None, max_epochs=3)]
+    assert population_groups(configs) == [[0, 1, 2]]
+    models, hists = load_or_train_many(configs)
+    for c, m, h in zip(configs, models, hists):
+        ref_model, ref_hist = cache_module.load_or_train(c, directory=tmp_path / "single")
+        assert_same_history(h, ref_hist, 120)
+        assert max_deviation(m, ref_model) <= THETA_TOL
