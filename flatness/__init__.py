@@ -35,6 +35,7 @@ import torch as _torch
 __version__ = "0.2.0"
 
 from . import (  # noqa: E402
+    adaptive,
     alpha_experiments,
     cache,
     checks,
@@ -44,20 +45,24 @@ from . import (  # noqa: E402
     evidence,
     exact_trace,
     figures,
+    fisher_rao,
     krylov,
     landscape,
     large_batch,
     layers,
+    metric_hessian,
     models,
     noise,
     noise_sweep,
     operators,
+    pacbayes,
     paper_models,
     params,
     plotting,
     population,
     population_curvature,
     prior_sweep,
+    relative_flatness,
     reparam_experiments,
     reparametrize,
     sharpness,
@@ -89,10 +94,11 @@ def seed_everything(seed: int) -> None:
     _torch.manual_seed(seed)
 
 
-__all__ = ["HessianOperator", "TrainConfig", "alpha_experiments", "cache", "checks", "claims", "curvature",
-           "data", "dense_hessian", "evaluate", "evidence", "exact_trace", "figures", "hessian_frobenius",
-           "hessian_trace", "interpolate", "keskar_sharpness", "krylov", "landscape", "large_batch", "layers",
-           "load_or_train", "models", "noise", "noise_sweep", "operators", "paper_models", "params", "plotting",
-           "population", "population_curvature", "prior_sweep", "reparam_experiments", "reparametrize",
+__all__ = ["HessianOperator", "TrainConfig", "adaptive", "alpha_experiments", "cache", "checks", "claims",
+           "curvature", "data", "dense_hessian", "evaluate", "evidence", "exact_trace", "figures",
+           "fisher_rao", "hessian_frobenius", "hessian_trace", "interpolate", "keskar_sharpness", "krylov",
+           "landscape", "large_batch", "layers", "load_or_train", "metric_hessian", "models", "noise",
+           "noise_sweep", "operators", "pacbayes", "paper_models", "params", "plotting", "population",
+           "population_curvature", "prior_sweep", "relative_flatness", "reparam_experiments", "reparametrize",
            "seed_everything", "sharpness", "spectral_density", "stability", "stats", "sublevel", "sweeps",
            "symmetries", "tables", "top_eigenvalues", "train", "training"]
