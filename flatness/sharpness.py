@@ -33,7 +33,7 @@ from .checks import (
 )
 from .params import ParameterLayout, loss_at
 
-__all__ = ["random_subspace", "keskar_sharpness"]
+__all__ = ["random_subspace", "keskar_sharpness", "keskar_first_order", "keskar_box_radius"]
 
 
 def random_subspace(n: int, p: int, seed: int = 0) -> np.ndarray:
@@ -129,3 +129,106 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
         minimize(objective, y0, jac=True, method="L-BFGS-B", bounds=Bounds(-half, half),
                  options={"maxiter": maxiter})
     return 100.0 * (best[0] - f0) / (1.0 + f0)
+
+
+def _box(model: nn.Module, eps: float, subspace_dim: Optional[int], seed: int):
+    """The parameters ``x`` (float64, host), the subspace ``A`` (or None) and the box half-sides."""
+    check_positive(eps, "eps")
+    layout = ParameterLayout(model)
+    n = layout.numel
+    if subspace_dim is not None and (isinstance(subspace_dim, bool) or not isinstance(subspace_dim, int)
+                                     or not 1 <= subspace_dim <= n):
+        raise ValueError(f"subspace_dim: expected None or an integer in [1, {n}] (the number of "
+                         f"parameters), got {subspace_dim!r}")
+    x = layout.to_vector(model, "model").detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    if subspace_dim is None:
+        return layout, x, None, eps * (np.abs(x) + 1.0)
+    A = random_subspace(n, subspace_dim, seed)
+    return layout, x, A, eps * (np.abs(A.T @ x) + 1.0)
+
+
+def keskar_box_radius(model: nn.Module, eps: float = 1e-3, subspace_dim: Optional[int] = None,
+                      seed: int = 0) -> float:
+    r"""The largest perturbation of the parameters that Keskar's box allows, :math:`\max\lVert Ay\rVert_2`.
+
+    With half-sides :math:`h_i = \epsilon(|(A^+x)_i| + 1)` the corner of the box is the farthest
+    point, :math:`\max_{y\in\mathcal{C}_\epsilon}\lVert Ay\rVert_2 = \lVert h\rVert_2` for
+    :math:`A = I` and for orthonormal columns (:func:`random_subspace`), where
+    :math:`\lVert Ay\rVert = \lVert y\rVert`. For a random subspace :math:`|(A^\top x)_i|` is
+    about :math:`\lVert x\rVert/\sqrt{n}`, so the radius is about
+    :math:`\epsilon\sqrt{p}\,(1 + \lVert x\rVert/\sqrt n)`, against
+    :math:`\epsilon\lVert\,|x| + 1\rVert_2` in the full space.
+
+    Args:
+        model: the network (not changed).
+        eps, subspace_dim, seed: as in :func:`keskar_sharpness` (the same subspace for the same
+            seed).
+
+    Returns:
+        :math:`\lVert h\rVert_2`.
+
+    Raises:
+        ValueError: ``eps ≤ 0`` or a bad ``subspace_dim``.
+
+    >>> net = torch.nn.Linear(3, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.copy_(torch.tensor([[0.0, 1.0, -3.0]]))
+    >>> round(keskar_box_radius(net, eps=0.5), 6)   # 0.5 * ||(1, 2, 4)||
+    2.291288
+    """
+    return float(np.linalg.norm(_box(model, eps, subspace_dim, seed)[3]))
+
+
+def keskar_first_order(model: nn.Module, loss_fn, data, eps: float = 1e-3,
+                       subspace_dim: Optional[int] = None, seed: int = 0,
+                       eval_mode: Optional[bool] = None) -> dict:
+    r"""The first-order part of Keskar's sharpness: the gradient and its maximum over the box.
+
+    To first order :math:`f(x + Ay) \approx f(x) + g^\top Ay` with :math:`g = \nabla f(x)`, whose
+    maximum over the box :math:`|y_i| \le h_i` is at the corner :math:`y_i = h_i\,
+    \mathrm{sign}((A^\top g)_i)`:
+
+    .. math:: \phi^{(1)}(\epsilon, A) = 100\,\frac{\sum_i h_i\,|(A^\top g)_i|}{1 + f(x)}.
+
+    The sharpness :func:`keskar_sharpness` is at least the value of the loss at that corner, which
+    is :math:`\phi^{(1)}` plus a second-order term :math:`\tfrac12 y^\top A^\top H A y`; for a
+    quadratic with zero gradient :math:`\phi(\epsilon) \propto \epsilon^2`, so
+    :math:`\phi(10^{-3})/\phi(5\cdot10^{-4}) = 4`, while a purely first-order :math:`\phi` gives
+    2. The share :math:`\phi^{(1)}/\phi` says how much of the measured sharpness the gradient
+    alone explains (it can exceed 1 where the curvature along the corner is negative or the
+    10 L-BFGS-B iterations stop short).
+
+    Args:
+        model, loss_fn, data: the network (not changed), a mean-reduced loss and the dataset.
+        eps, subspace_dim, seed: as in :func:`keskar_sharpness` (the same box and subspace).
+        eval_mode: see :func:`flatness.checks.evaluation`.
+
+    Returns:
+        ``{"gradient_norm": ‖g‖₂, "first_order": φ⁽¹⁾, "loss": f(x)}`` (floats; the gradient in
+        the full parameter space whatever ``subspace_dim``).
+
+    Raises:
+        ValueError: as :func:`keskar_sharpness`.
+
+    >>> net = torch.nn.Linear(2, 1, bias=False)
+    >>> X, y = torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0]])
+    >>> out = keskar_first_order(net, torch.nn.MSELoss(), (X, y), eps=0.1)
+    >>> w = net.weight.detach().double()[0]
+    >>> g = 2 * (float(w[0]) - 3.0)                       # d/dw0 of (w0 - 3)^2
+    >>> abs(out["first_order"] - 100 * 0.1 * abs(g) * (abs(float(w[0])) + 1) / (1 + (float(w[0]) - 3) ** 2)) < 1e-9
+    True
+    """
+    check_reduction(loss_fn)
+    layout, x, A, half = _box(model, eps, subspace_dim, seed)
+    device, f64 = layout.device, torch.float64
+    batches = [(X.to(device=device, dtype=f64) if X.is_floating_point() else X.to(device),
+                y.to(device=device, dtype=f64) if y.is_floating_point() else y.to(device))
+               for X, y in materialize(data)]
+    with evaluation(model, eval_mode):
+        f0, grad = loss_at(model, loss_fn, batches, torch.from_numpy(x).to(device), grad=True,
+                           layout=layout, eval_mode=eval_mode)
+    f0 = check_finite(f0)
+    g = grad.cpu().numpy()
+    slope = np.abs(g if A is None else A.T @ g)
+    return {"gradient_norm": float(np.linalg.norm(g)),
+            "first_order": float(100.0 * np.sum(half * slope) / (1.0 + f0)), "loss": float(f0)}

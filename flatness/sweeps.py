@@ -37,7 +37,8 @@ from . import data as data_module
 from .cache import load_or_train_many
 from .checks import check_positive, evaluation
 from .curvature import input_hessian_top_eigenvalues, top_eigenvalues
-from .sharpness import keskar_sharpness
+from .large_batch import correctness, late_median
+from .sharpness import keskar_first_order, keskar_sharpness
 from .stats import GroupComparison, group_records, rank_correlation
 from .tables import MarkdownTable, format_number, markdown_table, mean_pm
 from .training import TrainConfig, _progress_enabled, evaluate
@@ -200,7 +201,8 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
                      eps: Iterable[float] = (1e-3, 5e-4),
                      subspace_dims: Iterable[Optional[int]] = (None, 100),
                      lanczos_tol: float = 1e-3, seed: int = 0,
-                     eval_mode: Optional[bool] = None) -> Dict[str, float]:
+                     eval_mode: Optional[bool] = None, input_hessian: bool = True,
+                     first_order: bool = False) -> Dict[str, float]:
     r"""Accuracies and the flatness measures of the large-batch papers for one trained network.
 
     * ``lambda_max``: the largest eigenvalue of :math:`\nabla^2_\theta L` of the full training
@@ -212,7 +214,11 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
     * ``keskar_...``: Keskar et al.'s sharpness
       :math:`\phi_{x,f}(\epsilon, A)` of the training loss for every ``eps`` and subspace
       (:func:`flatness.sharpness.keskar_sharpness`; ``None`` is the full space), keyed by
-      :func:`sharpness_key`.
+      :func:`sharpness_key`;
+    * with ``first_order=True``, ``gradient_norm`` :math:`\lVert\nabla f\rVert_2` and, per
+      Keskar entry, ``<key>_first``: the maximum of the linearized loss over the same box
+      (:func:`flatness.sharpness.keskar_first_order`), the part of the sharpness the gradient
+      alone explains.
 
     Args:
         model: the trained network (not changed; its mode is restored).
@@ -223,6 +229,9 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
         lanczos_tol: relative tolerance of the eigenvalue solver.
         seed: seeds the Lanczos start vector, the sharpness start points and subspaces.
         eval_mode: see :func:`flatness.checks.evaluation`.
+        input_hessian: measure ``input_lambda_max`` (the slowest measurement on a large test
+            set; without it the entry is absent).
+        first_order: add the gradient norm and the first-order parts of Keskar's sharpness.
 
     Returns:
         A dict of floats: ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
@@ -251,21 +260,27 @@ def flatness_summary(model: nn.Module, train_data, test_data, loss_fn=None,
                               eval_mode=eval_mode)
         out["lambda_max"] = float(res.eigenvalues[0])
         out["lambda_max_converged"] = float(res.converged)
-        out["input_lambda_max"] = float(
-            input_hessian_top_eigenvalues(model, loss_fn, test_data, eval_mode=eval_mode).mean())
+        if input_hessian:
+            out["input_lambda_max"] = float(input_hessian_top_eigenvalues(
+                model, loss_fn, test_data, eval_mode=eval_mode).mean())
         for p in subspace_dims:
             for e in eps:
                 out[sharpness_key(e, p)] = float(keskar_sharpness(
                     model, loss_fn, train_data, eps=e, subspace_dim=p, seed=seed,
                     eval_mode=eval_mode))
+                if first_order:
+                    lin = keskar_first_order(model, loss_fn, train_data, eps=e, subspace_dim=p,
+                                             seed=seed, eval_mode=eval_mode)
+                    out[sharpness_key(e, p) + "_first"] = lin["first_order"]
+                    out["gradient_norm"] = lin["gradient_norm"]
     return out
 
 
 # --- running a sweep and reading its records -----------------------------------------------------
 
 def run_sweep(configs: Mapping[Hashable, TrainConfig], fields: Sequence[str] = (),
-              seed: int = 0, progress: Optional[bool] = None,
-              **summary_options) -> List[Dict[str, Any]]:
+              seed: int = 0, progress: Optional[bool] = None, test_data=None,
+              late_fraction: float = 0.2, **summary_options) -> List[Dict[str, Any]]:
     r"""Train (through the cache) and measure every run of a sweep: one record per run.
 
     The configurations are trained with :func:`flatness.cache.load_or_train_many`: cached runs
@@ -286,6 +301,12 @@ def run_sweep(configs: Mapping[Hashable, TrainConfig], fields: Sequence[str] = (
     * ``epochs``, ``steps`` (optimizer steps), ``reached`` (the training-accuracy target) from the
       training history, and ``history``, the history itself (its ``"lambda_max"`` entry holds the
       :math:`\lambda_{\max}` trajectory when the configuration tracks it);
+    * with a tracked trajectory, ``lambda_late``: its median over the last ``late_fraction``
+      of the epochs (:func:`flatness.large_batch.late_median`) and ``eta_lambda_late``
+      :math:`= \eta\,` ``lambda_late``;
+    * with ``test_data``, ``test_correct``: the boolean per-example correctness on it
+      (:func:`flatness.large_batch.correctness`), and ``test_loss``/``test_acc`` are measured
+      on it instead of the data specification's test split;
     * every entry of :func:`flatness_summary`, and ``eta_lambda``
       :math:`= \eta\,\lambda_{\max}`, the distance to the stability bound 2 of plain gradient
       descent (:func:`flatness.stability.stability_threshold`).
@@ -296,6 +317,9 @@ def run_sweep(configs: Mapping[Hashable, TrainConfig], fields: Sequence[str] = (
         seed: the measurement seed of :func:`flatness_summary`.
         progress: a tqdm bar over the runs on stderr (default: on unless ``FLATNESS_PROGRESS=0``);
             training itself runs without a bar.
+        test_data: an optional ``(X, y)`` test set to measure every run on (moved to each
+            run's device).
+        late_fraction: the window of ``lambda_late``.
         **summary_options: passed to :func:`flatness_summary` (``eps``, ``subspace_dims``, ...).
 
     Returns:
@@ -327,8 +351,11 @@ def run_sweep(configs: Mapping[Hashable, TrainConfig], fields: Sequence[str] = (
             if spec not in splits:  # the data on the model's device
                 splits[spec] = data_module.from_spec(cfg.data).to(cfg.device)
             split = splits[spec]
-            measured[cfg.key()] = flatness_summary(model, split.train, split.test, seed=seed,
+            test = split.test if test_data is None else tuple(t.to(cfg.device) for t in test_data)
+            measured[cfg.key()] = flatness_summary(model, split.train, test, seed=seed,
                                                    **summary_options)
+            if test_data is not None:
+                measured[cfg.key()]["test_correct"] = correctness(model, test)
         summary = measured[cfg.key()]
         record: Dict[str, Any] = dict(zip(fields, key if isinstance(key, tuple) else (key,)))
         for name in ("batch_size", "seed", "lr"):
@@ -336,6 +363,9 @@ def run_sweep(configs: Mapping[Hashable, TrainConfig], fields: Sequence[str] = (
         record.update(epochs=history["epochs"], steps=history["total_steps"],
                       reached=history["reached_target"], history=history, **summary)
         record["eta_lambda"] = cfg.lr * summary["lambda_max"]
+        if history.get("lambda_max"):
+            record["lambda_late"] = late_median(history, late_fraction)
+            record["eta_lambda_late"] = cfg.lr * record["lambda_late"]
         records.append(record)
     return records
 
@@ -372,12 +402,18 @@ def mean_std_cell(metric: str, scale: float = 1.0, digits: int = 2) -> Callable:
     """A :func:`records_table` cell: ``"mean ± std"`` of ``scale * metric`` over the group.
 
     The standard deviation is the sample one (``ddof=1``) and is left out for a single record
-    (:func:`flatness.tables.mean_pm`).
+    (:func:`flatness.tables.mean_pm`). Records without ``metric`` are skipped; a group
+    without it gives ``"—"``.
 
     >>> mean_std_cell("acc", scale=100, digits=1)([{"acc": 0.5}, {"acc": 0.7}])
     '60.0 ± 14.1'
+    >>> mean_std_cell("acc")([{"loss": 1.0}])
+    '—'
     """
-    return lambda rows: mean_pm([r[metric] for r in rows], digits=digits, scale=scale)
+    def cell(rows):
+        values = [r[metric] for r in rows if metric in r]
+        return mean_pm(values, digits=digits, scale=scale) if values else "—"
+    return cell
 
 
 def value_cell(metric: str, fmt: str = "{}") -> Callable:

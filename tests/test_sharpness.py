@@ -178,3 +178,77 @@ def test_dropout_in_train_mode_refused():
     X, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     with pytest.raises(ValueError, match="Dropout"):
         keskar_sharpness(net, nn.CrossEntropyLoss(), (X, y))
+
+
+class Linear(nn.Module):
+    """A "model" whose parameters are x; with LinLoss the loss is gᵀx + f0, exactly linear."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x = nn.Parameter(torch.as_tensor(x0, dtype=torch.float32))
+
+    def forward(self, X):
+        return self.x.expand(X.shape[0], -1)
+
+
+class LinLoss(nn.Module):
+    reduction = "mean"
+
+    def __init__(self, g, f0=0.5):
+        super().__init__()
+        self.g, self.f0 = torch.as_tensor(g), f0
+
+    def forward(self, out, y):
+        return (out * self.g.to(out.dtype)).sum(1).mean() + self.f0
+
+
+@pytest.mark.parametrize("p", [None, 3])
+def test_first_order_part_equals_the_sharpness_of_a_linear_loss(p):
+    from flatness.sharpness import keskar_first_order
+
+    x0, g = np.array([0.5, -2.0, 0.1, 1.5, 3.0]), np.array([1.0, -0.5, 2.0, 0.0, 0.3])
+    model, loss = Linear(x0), LinLoss(g)
+    data = (torch.zeros(2, 1), torch.zeros(2))
+    f0 = float(g @ x0.astype(np.float32)) + 0.5
+    eps = 0.01
+    if p is None:
+        half, slope = eps * (np.abs(x0) + 1), np.abs(g)
+    else:
+        A = random_subspace(5, p, seed=0)
+        half, slope = eps * (np.abs(A.T @ x0) + 1), np.abs(A.T @ g)
+    expected = 100 * np.sum(half * slope) / (1 + f0)  # the corner y = h·sign(Aᵀg) is the maximum
+    snap = snapshot(model)
+    out = keskar_first_order(model, loss, data, eps=eps, subspace_dim=p)
+    assert_unperturbed(model, snap)
+    assert out["first_order"] == pytest.approx(expected, rel=1e-5)
+    assert out["gradient_norm"] == pytest.approx(np.linalg.norm(g), rel=1e-6)
+    assert out["loss"] == pytest.approx(f0, rel=1e-6)
+    # for a linear loss L-BFGS-B reaches that corner: the sharpness is its first-order part
+    assert keskar_sharpness(model, loss, data, eps=eps, subspace_dim=p) == pytest.approx(expected, rel=1e-5)
+
+
+def test_first_order_part_is_zero_at_an_exact_minimum_and_quadratic_ratio_is_four():
+    from flatness.sharpness import keskar_first_order
+
+    h, c = np.array([3.0, 1.0, 0.5]), np.array([0.5, -2.0, 0.0])
+    model, loss = Quadratic(c), QuadLoss(h, c)
+    data = (torch.zeros(2, 1), torch.zeros(2))
+    assert keskar_first_order(model, loss, data, eps=1e-3)["first_order"] == pytest.approx(0.0, abs=1e-12)
+    ratio = keskar_sharpness(model, loss, data, eps=1e-3) / keskar_sharpness(model, loss, data, eps=5e-4)
+    assert ratio == pytest.approx(4.0, rel=1e-3)  # φ ∝ ε² for a quadratic at its minimum
+
+
+def test_box_radius_is_the_corner_norm():
+    from flatness.sharpness import keskar_box_radius
+
+    x0 = np.array([0.5, -2.0, 0.1, 1.5, 3.0])
+    model = Linear(x0)
+    x = x0.astype(np.float32).astype(np.float64)
+    assert keskar_box_radius(model, eps=1e-3) == pytest.approx(1e-3 * np.linalg.norm(np.abs(x) + 1), rel=1e-12)
+    A = random_subspace(5, 2, seed=4)
+    assert keskar_box_radius(model, eps=1e-3, subspace_dim=2, seed=4) == pytest.approx(
+        1e-3 * np.linalg.norm(np.abs(A.T @ x) + 1), rel=1e-12)
+    with pytest.raises(ValueError, match="subspace_dim"):
+        keskar_box_radius(model, subspace_dim=6)
+    with pytest.raises(ValueError, match="eps"):
+        keskar_box_radius(model, eps=0.0)

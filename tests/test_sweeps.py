@@ -346,3 +346,34 @@ def test_comparison_and_gap_tables():
     assert "| n/a |" in str(gap_table(single, 1000))
 
 
+
+
+def test_flatness_summary_first_order_entries_and_no_input_hessian(tiny_split):
+    from flatness.sharpness import keskar_first_order
+
+    net, train, test = tiny_split
+    loss_fn = nn.CrossEntropyLoss()
+    plain = flatness_summary(net, train, test, eps=(1e-3,), subspace_dims=(None, 5))
+    out = flatness_summary(net, train, test, eps=(1e-3,), subspace_dims=(None, 5), first_order=True,
+                           input_hessian=False)
+    assert "input_lambda_max" not in out
+    for key in ("lambda_max", "keskar_full_0.001", "keskar_p5_0.001", "test_acc"):
+        assert out[key] == plain[key]  # the old entries keep their numbers
+    for p in (None, 5):
+        lin = keskar_first_order(net, loss_fn, train, eps=1e-3, subspace_dim=p, seed=0)
+        assert out[sharpness_key(1e-3, p) + "_first"] == lin["first_order"]
+    assert out["gradient_norm"] == pytest.approx(lin["gradient_norm"])
+
+
+def test_run_sweep_on_a_shared_test_set_with_tracking(cache):
+    from flatness.large_batch import late_median
+
+    X, y = from_spec({"name": "mnist1d", "n_train": 200, "n_test": 80}).test
+    cfg = SMALL.replace(epochs=4, track_sharpness_every=1)
+    (rec,) = run_sweep({"a": cfg}, fields=("k",), progress=False, test_data=(X, y), **FAST)
+    assert rec["test_correct"].shape == (80,) and rec["test_correct"].dtype == bool
+    assert rec["test_acc"] == pytest.approx(rec["test_correct"].mean())
+    assert rec["lambda_late"] == late_median(rec["history"], 0.2)
+    assert rec["eta_lambda_late"] == cfg.lr * rec["lambda_late"]
+    (plain,) = run_sweep({"a": SMALL}, fields=("k",), progress=False, **FAST)
+    assert "test_correct" not in plain and "lambda_late" not in plain
