@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive
-from .curvature import top_eigenvalues
+from .curvature import block_top_eigenvalues, top_eigenvalues
 from .layers import _check_blocks, _check_powers, block_gram, layer_top_eigenvalues, scaled_block_trace
 from .operators import HessianOperator, dense_hessian
 from .params import flat_parameters, parameter_slices
@@ -32,7 +32,8 @@ from .tables import MarkdownTable, markdown_table
 from .training import evaluate
 
 __all__ = ["AlphaScaleFamily", "alpha_scale_family", "BlockScalingCheck", "block_scaling_check",
-           "alpha_scale_dense_check", "dense_check_table", "LayerSharpening", "sharpen_layers"]
+           "alpha_scale_dense_check", "dense_check_table", "LayerSharpening", "sharpen_layers",
+           "SubspaceIdentityCheck", "subspace_identity_check"]
 
 
 @dataclass
@@ -236,6 +237,11 @@ class LayerSharpening:
         blocks_before, blocks_after: λ_max of each weight block before and after.
         bound: :math:`\mu/\alpha^2`, the guaranteed lower bound on the :math:`(K-1)`-th eigenvalue.
         logit_change: the largest change of any output on ``X`` (``nan`` without ``X``).
+        block_spectra_after: parameter name → the ``k`` largest eigenvalues of its diagonal
+            block after the transformation, for every weight and bias named (the weight
+            blocks are what the theorem is about; a bias of layer :math:`k` is scaled by
+            :math:`c_k = \prod_{j\le k}\alpha_j` and its block by :math:`c_k^{-2}`).
+        bias_before, bias_after: λ_max of each bias block named in ``biases``.
     """
 
     gram: Tensor
@@ -250,17 +256,37 @@ class LayerSharpening:
     blocks_after: list
     bound: float
     logit_change: float = math.nan
+    block_spectra_after: Dict[str, object] = None
+    bias_before: list = None
+    bias_after: list = None
+    bias_names: list = None
+    bias_factors: list = None
 
     def table(self) -> MarkdownTable:
-        """λ_max of each weight block before and after, and the predicted factors α_k⁻²."""
-        return markdown_table(["", *[f"layer {i + 1} block" for i in range(len(self.factors))]],
-                              [("λ_max before", *[f"{v:.3g}" for v in self.blocks_before]),
-                               ("λ_max after", *[f"{v:.3g}" for v in self.blocks_after]),
-                               ("predicted factor α_k⁻²", *[f"{f ** -2:g}" for f in self.factors])])
+        r"""λ_max of each weight block (and each bias block named in ``sharpen_layers(biases=...)``)
+        before and after, and the predicted factors: :math:`\alpha_k^{-2}` for the weights of layer
+        :math:`k`, :math:`c_k^{-2}` for its bias."""
+        names = [f"layer {i + 1} block" for i in range(len(self.factors))] + list(self.bias_names or [])
+        return markdown_table(["", *names],
+                              [("λ_max before", *[f"{v:.3g}" for v in self.blocks_before + list(self.bias_before or [])]),
+                               ("λ_max after", *[f"{v:.3g}" for v in self.blocks_after + list(self.bias_after or [])]),
+                               ("predicted factor", *[f"{f ** -2:g}" for f in self.factors],
+                                *[f"{f:g}" for f in self.bias_factors or []])])
+
+    def summary_table(self) -> MarkdownTable:
+        """The construction in one row: Gram matrix, μ, M, factors, the guaranteed bound, how many of
+        the top eigenvalues lie above M before and after, and the largest output change."""
+        above = lambda r: int((r.eigenvalues >= self.target).sum())  # noqa: E731
+        return markdown_table(["Gram matrix C", "μ", "M", "factors", "guaranteed λ_2 ≥ μ/α²",
+                               f"top-{len(self.top_after.eigenvalues)} above M (before → after)", "max abs Δ logit"],
+                              [[" ".join(str(self.gram.numpy().round(3)).split()), f"{self.mu:.3f}", f"{self.target:.1f}",
+                                str(self.factors), f"{self.bound:.1f}", f"{above(self.top_before)} → {above(self.top_after)}",
+                                f"{self.logit_change:g}"]])
 
 
 def sharpen_layers(model: nn.Module, loss_fn, data, weights: Sequence[str], k: int = 8,
-                   target_factor: float = 100.0, tol: float = 1e-4, X=None) -> LayerSharpening:
+                   target_factor: float = 100.0, tol: float = 1e-4, X=None,
+                   biases: Sequence[str] = ()) -> LayerSharpening:
     r"""Make :math:`K-1` Hessian eigenvalues exceed :math:`M` without changing the function.
 
     Dinh et al. (2017), Theorem 5: with unit vectors :math:`u_k` on the weights of layers
@@ -280,6 +306,9 @@ def sharpen_layers(model: nn.Module, loss_fn, data, weights: Sequence[str], k: i
         target_factor: :math:`M / \lambda_{\max}(\theta)`.
         tol: the eigenvalue solvers' relative tolerance.
         X: inputs on which to compare the outputs of the two networks (optional).
+        biases: bias names whose blocks are also reported (``bias_before``/``bias_after`` and
+            their top-``k`` spectra after); with them every weight block's top-``k`` spectrum
+            after is computed too (``block_spectra_after``).
 
     Returns:
         A :class:`LayerSharpening`.
@@ -315,5 +344,99 @@ def sharpen_layers(model: nn.Module, loss_fn, data, weights: Sequence[str], k: i
     if X is not None:
         with torch.no_grad():
             change = float((multi(X) - model(X)).abs().max())
+    spectra, b_before, b_after = None, None, None
+    biases = list(biases)
+    if biases:
+        unknown = [b for b in biases if b not in slices]
+        if unknown:
+            raise ValueError(f"biases: unknown parameter names {unknown}")
+        b_before = layer_top_eigenvalues(model, loss_fn, data, [slices[b] for b in biases], tol=tol, operator=H0)
+        spectra = {name: block_top_eigenvalues(multi, loss_fn, data, slices[name], k=k, tol=tol, operator=H_ml)
+                   for name in weights + biases}
+        b_after = [float(spectra[b][0]) for b in biases]
+        d = parameter_scaling(model, factors)
+        b_factors = [float(d[slices[b].start]) ** -2 for b in biases]
     return LayerSharpening(C, mu, M, alpha, factors, multi, top_before, top_after, before, after,
-                           mu / alpha ** 2, change)
+                           mu / alpha ** 2, change, spectra, b_before, b_after, biases or None,
+                           b_factors if biases else None)
+
+
+@dataclass
+class SubspaceIdentityCheck:
+    r"""Result of :func:`subspace_identity_check`.
+
+    Attributes:
+        vector_error: :math:`\max|T_\alpha\theta + Ay - T_\alpha(\theta + T_\alpha^{-1}Ay)|`
+            over the sampled :math:`y` (0 for powers of two).
+        loss_error: :math:`\max|L(T_\alpha\theta + Ay) - L(\theta + T_\alpha^{-1}Ay)|`.
+        losses: :math:`L(T_\alpha\theta + Ay)` at each sampled :math:`y`.
+        column_norms: the norms of the columns of :math:`T_\alpha^{-1}A`, the subspace that
+            the sharpness at :math:`T_\alpha\theta` probes at θ (the columns of ``A`` are unit).
+    """
+
+    vector_error: float
+    loss_error: float
+    losses: list
+    column_norms: object
+
+    def table(self, label: str) -> MarkdownTable:
+        """The check in one row labelled ``label`` (the α)."""
+        return markdown_table(["α", "max abs (T_αθ + Ay − T_α(θ + T_α⁻¹Ay))", "max abs ΔL", "losses L(T_αθ + Ay)",
+                               "column norms of T_α⁻¹A"],
+                              [(label, f"{self.vector_error:g}", f"{self.loss_error:g}",
+                                f"{min(self.losses):.4f} … {max(self.losses):.4f}",
+                                f"{self.column_norms.min():.3g} … {self.column_norms.max():.3g}")])
+
+
+def subspace_identity_check(model: nn.Module, loss_fn, data, alpha: float, subspace_dim: int = 100,
+                            num_points: int = 8, eps: float = 1e-3, seed: int = 0,
+                            layers: Tuple[int, int] = (0, 1)) -> SubspaceIdentityCheck:
+    r"""Check :math:`T_\alpha\theta + Ay = T_\alpha(\theta + T_\alpha^{-1}Ay)` and its consequence
+    :math:`L(T_\alpha\theta + Ay) = L(\theta + T_\alpha^{-1}Ay)` at random points of Keskar's box.
+
+    ``A`` is :func:`flatness.sharpness.random_subspace` (``n × subspace_dim``, orthonormal
+    columns, seeded by ``seed``); the points :math:`y` are uniform in the box
+    :math:`|y_i| \le \epsilon(|(A^\top T_\alpha\theta)_i| + 1)` of Keskar's sharpness at
+    :math:`T_\alpha\theta`. The identity holds because :math:`T_\alpha = D` is linear; the
+    losses agree because :math:`L\circ T_\alpha = L`. So the random-subspace sharpness at
+    :math:`T_\alpha\theta` with ``A`` is exactly a sharpness at θ over the subspace spanned by
+    :math:`D^{-1}A`, whose columns grow like α on the block that :math:`T_\alpha` divides by α.
+
+    Args:
+        model: a network accepted by :func:`flatness.symmetries.alpha_scale` (not changed).
+        loss_fn, data: the loss and the ``(X, y)`` pair.
+        alpha: α > 0 (powers of two make both sides equal bit for bit).
+        subspace_dim, eps, seed: of the subspace and the box.
+        num_points: sampled points :math:`y`.
+        layers: the two weight layers scaled by α and 1/α
+            (:func:`flatness.symmetries.alpha_factors`, as in :func:`alpha_scale_family`).
+
+    Returns:
+        A :class:`SubspaceIdentityCheck`.
+    """
+    import numpy as np
+
+    from .params import loss_at
+    from .sharpness import random_subspace
+
+    check_positive(alpha, "alpha")
+    check_positive(num_points, "num_points", integer=True)
+    theta = flat_parameters(model).detach()
+    d = parameter_scaling(model, alpha_factors(len(weight_layers(model)), alpha, layers),
+                          dtype=theta.dtype).to(theta.device)
+    A = torch.as_tensor(random_subspace(theta.numel(), subspace_dim, seed=seed), dtype=theta.dtype,
+                        device=theta.device)
+    scaled = d * theta
+    half = eps * ((A.T @ scaled).abs() + 1)
+    gen = torch.Generator().manual_seed(seed)
+    v_err, l_err, losses = 0.0, 0.0, []
+    for _ in range(num_points):
+        y = ((torch.rand(subspace_dim, generator=gen, dtype=torch.float64) * 2 - 1).to(theta) * half)
+        step = A @ y
+        left, back = scaled + step, theta + step / d
+        v_err = max(v_err, float((left - d * back).abs().max()))
+        la = float(loss_at(model, loss_fn, data, left))
+        lb = float(loss_at(model, loss_fn, data, back))
+        losses.append(la)
+        l_err = max(l_err, abs(la - lb))
+    return SubspaceIdentityCheck(v_err, l_err, losses, np.asarray((A / d[:, None]).norm(dim=0).cpu()))

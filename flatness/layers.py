@@ -45,7 +45,7 @@ from .tables import MarkdownTable, markdown_table
 __all__ = ["group_slices", "BlockHutchinson", "block_hutchinson", "hutchinson_variance",
            "scaled_block_trace", "scaled_block_frobenius", "layer_top_eigenvalues", "block_gram",
            "BlockScalingPrediction", "block_scaling_prediction", "curvature_profile",
-           "profile_table"]
+           "profile_table", "scaling_agreement", "agreement_table"]
 
 
 def group_slices(model: nn.Module, groups: Mapping[str, Sequence[str]]) -> Dict[str, slice]:
@@ -102,11 +102,21 @@ class BlockHutchinson:
         traces: block name ``g`` → estimate of :math:`\operatorname{Tr}H_{gg}`.
         frobenius_sq: ``(g, h)`` → estimate of :math:`\lVert H_{gh}\rVert_F^2`.
         num_probes: the number of Rademacher probes.
+        trace_samples, frobenius_samples: the per-probe values whose means these are (one
+            array of ``num_probes`` entries per key), for error bars.
     """
 
     traces: Dict[str, float]
     frobenius_sq: Dict[Tuple[str, str], float]
     num_probes: int
+    trace_samples: Dict[str, np.ndarray] = None
+    frobenius_samples: Dict[Tuple[str, str], np.ndarray] = None
+
+    @property
+    def trace_stderr(self) -> Dict[str, float]:
+        r"""block → standard error of :math:`\operatorname{Tr}H_{gg}`: the probes' sample
+        standard deviation over :math:`\sqrt m` (``nan`` for one probe)."""
+        return {g: _stderr(v) for g, v in self.trace_samples.items()}
 
 
 def block_hutchinson(operator, blocks: Mapping[str, slice], num_probes: int,
@@ -141,16 +151,26 @@ def block_hutchinson(operator, blocks: Mapping[str, slice], num_probes: int,
     gen = torch.Generator().manual_seed(seed)
     traces = {g: 0.0 for g in blocks}
     fro2 = {(g, h): 0.0 for g in blocks for h in blocks}
+    t_samples = {g: [] for g in blocks}
+    f_samples = {key: [] for key in fro2}
     for _ in range(num_probes):
         v = (torch.randint(0, 2, (P,), generator=gen) * 2 - 1).to(operator.dtype).to(operator.device)
         for h, sh in blocks.items():
             vh = torch.zeros(P, dtype=operator.dtype, device=operator.device)
             vh[sh] = v[sh]
             Hv = operator @ vh
-            traces[h] += float(v[sh] @ Hv[sh]) / num_probes
+            t_samples[h].append(float(v[sh] @ Hv[sh]))
+            traces[h] += t_samples[h][-1] / num_probes
             for g, sg in blocks.items():
-                fro2[(g, h)] += float(Hv[sg].pow(2).sum()) / num_probes
-    return BlockHutchinson(traces, fro2, num_probes)
+                f_samples[(g, h)].append(float(Hv[sg].pow(2).sum()))
+                fro2[(g, h)] += f_samples[(g, h)][-1] / num_probes
+    return BlockHutchinson(traces, fro2, num_probes, {k: np.array(v) for k, v in t_samples.items()},
+                           {k: np.array(v) for k, v in f_samples.items()})
+
+
+def _stderr(samples) -> float:
+    samples = np.asarray(samples, dtype=np.float64)
+    return float(samples.std(ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else float("nan")
 
 
 def hutchinson_variance(A: Tensor) -> float:
@@ -285,6 +305,10 @@ class BlockScalingPrediction:
         lambda_max: block name → :math:`\lambda_{\max}(H_{gg})`.
         trace: the predicted :math:`\operatorname{Tr}\nabla^2L(D\theta)` at each α.
         frobenius: the predicted :math:`\lVert\nabla^2L(D\theta)\rVert_F` at each α.
+        trace_stderr, frobenius_stderr: their standard errors at each α, from the per-probe
+            predictions :math:`\sum_g \alpha^{-2p_g} v_g^\top H_{gg} v_g` (and the same for the
+            squared Frobenius norm, then the delta method :math:`\mathrm{se}(F) =
+            \mathrm{se}(F^2)/(2F)`): the probes' sample standard deviation over :math:`\sqrt m`.
     """
 
     blocks: Dict[str, slice]
@@ -292,6 +316,16 @@ class BlockScalingPrediction:
     lambda_max: Dict[str, float]
     trace: np.ndarray
     frobenius: np.ndarray
+    trace_stderr: np.ndarray = None
+    frobenius_stderr: np.ndarray = None
+
+    def table(self) -> MarkdownTable:
+        r"""One row per block: :math:`\operatorname{Tr}H_{gg}` ± its standard error at α = 1, and
+        :math:`\lambda_{\max}(H_{gg})`."""
+        se = self.estimates.trace_stderr
+        return markdown_table(["block g", "Tr H_gg at α = 1", "λ_max(H_gg)"],
+                              [(g, f"{t:.3f} ± {se[g]:.2g}", f"{self.lambda_max[g]:.3f}")
+                               for g, t in self.estimates.traces.items()])
 
 
 def block_scaling_prediction(model: nn.Module, loss_fn, data, groups: Mapping[str, Sequence[str]],
@@ -321,14 +355,20 @@ def block_scaling_prediction(model: nn.Module, loss_fn, data, groups: Mapping[st
     H = HessianOperator(model, loss_fn, data)
     est = block_hutchinson(H, blocks, num_probes=num_probes, seed=seed)
     lams = layer_top_eigenvalues(model, loss_fn, data, list(blocks.values()), tol=tol, operator=H)
+    a = np.asarray(alphas, dtype=np.float64)[..., None]   # per-probe predictions: (..., m)
+    t_probe = scaled_block_trace(est.trace_samples, powers, a)
+    f2_probe = sum(a ** (-2.0 * (powers[g] + powers[h])) * v for (g, h), v in est.frobenius_samples.items())
+    m = est.num_probes
+    se = lambda x: x.std(-1, ddof=1) / np.sqrt(m) if m > 1 else np.full(x.shape[:-1], np.nan)  # noqa: E731
+    fro = scaled_block_frobenius(est.frobenius_sq, powers, alphas)
     return BlockScalingPrediction(blocks, est, dict(zip(blocks, lams)),
-                                  scaled_block_trace(est.traces, powers, alphas),
-                                  scaled_block_frobenius(est.frobenius_sq, powers, alphas))
+                                  scaled_block_trace(est.traces, powers, alphas), fro,
+                                  se(t_probe), se(f2_probe) / (2 * fro))
 
 
 def curvature_profile(models: Sequence[nn.Module], loss_fn, data, num_matvecs: int,
                       epsilons: Sequence[float] = (1e-3,), subspace_dim: int = 100,
-                      seed: int = 0, tol: float = 1e-4) -> Dict[object, np.ndarray]:
+                      seed: int = 0, tol: float = 1e-4, num_repeats: int = 1) -> Dict[object, np.ndarray]:
     r"""λ_max, trace, Frobenius norm and Keskar's sharpness of each network of a family.
 
     For each model: :math:`\lambda_{\max}` (:func:`~flatness.curvature.top_eigenvalues`, relative
@@ -346,16 +386,24 @@ def curvature_profile(models: Sequence[nn.Module], loss_fn, data, num_matvecs: i
         subspace_dim: dimension of the random subspace.
         seed: seeds every estimator.
         tol: the eigenvalue solver's relative tolerance.
+        num_repeats: independent runs ``R`` of the trace and Frobenius estimators (seeds
+            ``seed, seed + 1, …``); the reported values are those of ``seed`` (the same numbers
+            as with ``R = 1``), and with ``R ≥ 2`` ``"trace_sd"`` and ``"fro_sd"`` are the sample
+            standard deviations of the ``R`` runs — the error bar of one estimate.
 
     Returns:
         A dict of arrays, one entry per model: ``"lambda_max"``, ``"trace"``, ``"fro"``,
-        ``("full", eps)`` and ``("subspace", eps)``.
+        ``("full", eps)`` and ``("subspace", eps)`` (and ``"trace_sd"``, ``"fro_sd"`` and the
+        0-d ``"num_repeats"`` when ``num_repeats ≥ 2``).
     """
     models = list(models)
     if not models:
         raise ValueError("models: expected at least one network")
     check_positive(num_matvecs, "num_matvecs", integer=True)
+    check_positive(num_repeats, "num_repeats", integer=True)
     results = {key: [] for key in ("lambda_max", "trace", "fro")}
+    if num_repeats > 1:
+        results["trace_sd"], results["fro_sd"], results["num_repeats"] = [], [], num_repeats
     for eps in epsilons:
         results[("full", eps)], results[("subspace", eps)] = [], []
     for net in models:
@@ -366,6 +414,12 @@ def curvature_profile(models: Sequence[nn.Module], loss_fn, data, num_matvecs: i
                                               seed=seed, operator=H))
         results["fro"].append(hessian_frobenius(net, loss_fn, data, num_matvecs=num_matvecs,
                                                 seed=seed, operator=H))
+        if num_repeats > 1:
+            for key, fn, first in (("trace", hessian_trace, results["trace"][-1]),
+                                   ("fro", hessian_frobenius, results["fro"][-1])):
+                runs = [first] + [fn(net, loss_fn, data, num_matvecs=num_matvecs, seed=seed + r, operator=H)
+                                  for r in range(1, num_repeats)]
+                results[key + "_sd"].append(float(np.std(runs, ddof=1)))
         for eps in epsilons:
             results[("full", eps)].append(keskar_sharpness(net, loss_fn, data, eps=eps, seed=seed))
             results[("subspace", eps)].append(keskar_sharpness(net, loss_fn, data, eps=eps,
@@ -385,4 +439,65 @@ def profile_table(results: Mapping, labels: Sequence[str]) -> MarkdownTable:
         raise ValueError("labels: expected one label per model of the profile")
     return markdown_table(["α", "λ_max", "Tr H", "‖H‖_F", *[f"{kind}, ε = {e:g}" for kind, e in sharp]],
                           [(label, *[f"{results[k][i]:.4g}" for k in keys])
+                           for i, label in enumerate(labels)])
+
+
+def scaling_agreement(results: Mapping, prediction: BlockScalingPrediction, powers: Mapping[str, float],
+                      alphas, level: float = 0.05) -> Dict[str, np.ndarray]:
+    r"""The measured trace and Frobenius norm of a :func:`curvature_profile` (run with
+    ``num_repeats ≥ 2``) against the block prediction at the same α, with error bars on both.
+
+    For each α: :math:`z = (\text{measured} - \text{predicted}) / \sqrt{\mathrm{sd}^2 + \mathrm{se}^2}`,
+    with sd the standard deviation of one measured estimate (``"trace_sd"``/``"fro_sd"``) and se
+    the standard error of the prediction (:func:`block_scaling_prediction`). Both estimate the
+    same number (:math:`\nabla^2L(D\theta) = D^{-1}HD^{-1}` exactly), so :math:`|z|` is of order
+    one unless an estimator is biased.
+
+    Args:
+        results: the profile (keys ``"trace"``, ``"trace_sd"``, ``"fro"``, ``"fro_sd"``).
+        prediction: the :class:`BlockScalingPrediction` at α = 1 (its per-probe samples are used).
+        powers: block → :math:`p_g`.
+        alphas: the α of the profile's models.
+        level: the family-wise level of ``z_threshold``.
+
+    Returns:
+        A dict of arrays: ``trace_pred``, ``trace_pred_se``, ``trace_z``, ``fro_pred``,
+        ``fro_pred_se``, ``fro_z``, and ``z_threshold``: the two-sided Bonferroni quantile
+        :math:`t_{R-1}(1 - \text{level}/(2n))` over the :math:`n = 2|\alpha|` comparisons, with
+        Student's t of :math:`R - 1` degrees of freedom because each measured sd comes from only
+        :math:`R` runs (a normal quantile would reject a correct identity far too often when
+        :math:`R` is small).
+
+    Raises:
+        ValueError: a profile without standard deviations.
+    """
+    if "trace_sd" not in results:
+        raise ValueError("results: expected a curvature_profile with num_repeats ≥ 2 (no trace_sd)")
+    est = prediction.estimates
+    a = np.asarray(alphas, dtype=np.float64)
+    t_probe = scaled_block_trace(est.trace_samples, powers, a[:, None])
+    f2_probe = sum(a[:, None] ** (-2.0 * (powers[g] + powers[h])) * v for (g, h), v in est.frobenius_samples.items())
+    m = est.num_probes
+    out = dict(trace_pred=scaled_block_trace(est.traces, powers, a),
+               fro_pred=scaled_block_frobenius(est.frobenius_sq, powers, a))
+    out["trace_pred_se"] = t_probe.std(1, ddof=1) / np.sqrt(m)
+    out["fro_pred_se"] = f2_probe.std(1, ddof=1) / np.sqrt(m) / (2 * out["fro_pred"])
+    for key in ("trace", "fro"):
+        out[key + "_z"] = (np.asarray(results[key]) - out[key + "_pred"]) / np.sqrt(
+            np.asarray(results[key + "_sd"]) ** 2 + out[key + "_pred_se"] ** 2)
+    from scipy.stats import t as student_t
+
+    out["z_threshold"] = float(student_t.ppf(1 - level / (4 * len(a)), int(results["num_repeats"]) - 1))
+    return out
+
+
+def agreement_table(results: Mapping, agreement: Mapping, labels: Sequence[str]) -> MarkdownTable:
+    """A table of :func:`scaling_agreement`: per α, measured ± sd, predicted ± se and z, for the
+    trace and the Frobenius norm."""
+    fmt = lambda v, e: f"{v:.4g} ± {e:.2g}"  # noqa: E731
+    return markdown_table(["α", "Tr H measured", "Tr H predicted", "z", "‖H‖_F measured", "‖H‖_F predicted", "z"],
+                          [(label, fmt(results["trace"][i], results["trace_sd"][i]),
+                            fmt(agreement["trace_pred"][i], agreement["trace_pred_se"][i]), f"{agreement['trace_z'][i]:+.2f}",
+                            fmt(results["fro"][i], results["fro_sd"][i]),
+                            fmt(agreement["fro_pred"][i], agreement["fro_pred_se"][i]), f"{agreement['fro_z'][i]:+.2f}")
                            for i, label in enumerate(labels)])

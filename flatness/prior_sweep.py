@@ -29,13 +29,15 @@ import torch
 from torch import nn
 
 from .checks import check_tensor_pair
-from .evidence import fit_map, laplace_log_evidence
+from .evidence import fit_map, laplace_ggn_log_evidence, laplace_log_evidence
 from .operators import dense_hessian
 from .tables import MarkdownTable, markdown_table
 
 __all__ = ["binary_metrics", "lambda_sweep", "sweep_summary", "evidence_or_spectrum", "sweep_table",
            "summary_table", "refusal_table", "fit_and_evidence", "rescaled_features_evidence",
-           "evidence_table"]
+           "evidence_table", "rescaled_evidence", "log_determinant", "invariance_sentence",
+           "linear_log_joint", "reparametrization_check", "evidence_check", "evidence_check_table",
+           "reparam_sentence", "false_positive_sentence", "slq_table"]
 
 
 def binary_metrics(model: nn.Module, data, loss_fn=None):
@@ -207,14 +209,17 @@ def summary_table(informative: Sequence[Dict], random_runs: Mapping[int, Sequenc
 def refusal_table(rows: Sequence[Dict]) -> MarkdownTable:
     """One row per MAP point of a network: the rows of :func:`evidence_or_spectrum` with the
     keys ``labels``, ``lam``, ``train_acc``, ``test_acc``, ``test_ce``, ``grad`` and ``hinge``
-    (the smallest absolute pre-activation) added."""
+    (the smallest absolute pre-activation) added, and ``ggn_ratio`` (the Gauss–Newton evidence)
+    when present."""
     return markdown_table(
         ["labels", "λ", "train / test acc", "test CE", "‖∇C‖", "min |pre-activation|", "smallest eigenvalue",
-         "eigenvalues ≤ 0", "eigenvalues in (0, 2λ)", "Newton decrement", "ln evidence ratio"],
+         "eigenvalues ≤ 0", "eigenvalues in (0, 2λ)", "Newton decrement", "ln evidence ratio",
+         "Gauss–Newton ln evidence ratio"],
         [[r["labels"], f"{r['lam']:g}", f"{100 * r['train_acc']:.0f} / {100 * r['test_acc']:.0f} %",
           f"{r['test_ce']:.3f}", f"{r['grad']:.2g}", f"{r['hinge']:.1e}", f"{r['min_eig']:.3g}",
           r["negative"], r["near_prior"], "—" if r["status"] == "refused" else f"{r['decrement']:.2g}",
-          "refused" if r["status"] == "refused" else f"{r['ratio']:+.1f}"] for r in rows])
+          "refused" if r["status"] == "refused" else f"{r['ratio']:+.1f}",
+          f"{r['ggn_ratio']:+.1f}" if "ggn_ratio" in r else "—"] for r in rows])
 
 
 def fit_and_evidence(model: nn.Module, loss_fn, train, test, prior_precision: float,
@@ -232,15 +237,19 @@ def fit_and_evidence(model: nn.Module, loss_fn, train, test, prior_precision: fl
     Returns:
         :func:`evidence_or_spectrum`'s dict with ``lam``, ``grad`` (the MAP gradient norm),
         ``train_acc``, ``test_acc``, ``test_ce``, ``hinge`` (the smallest absolute output of the
-        first module on the training inputs: 0 means a ReLU kink) and ``model`` added.
+        first module on the training inputs: 0 means a ReLU kink), ``model``, and the Gauss–Newton
+        Laplace evidence (:func:`flatness.evidence.laplace_ggn_log_evidence`, positive definite by
+        construction): ``ggn_ratio`` (ln ratio to guessing) and ``ggn_decrement`` added.
     """
     fit = fit_map(model, loss_fn, train, prior_precision, max_iter=max_iter)
     (tr_acc, _), (te_acc, te_ce) = (binary_metrics(fit.model, pair, loss_fn) for pair in (train, test))
     with torch.no_grad():
         hinge = float(next(iter(fit.model.children()))(train[0].double()).abs().min())
     ev = evidence_or_spectrum(fit.model, loss_fn, train, prior_precision, grad_tol=grad_tol)
+    ggn = laplace_ggn_log_evidence(fit.model, loss_fn, train, prior_precision, grad_tol=grad_tol)
     return dict(lam=prior_precision, grad=fit.gradient_norm, train_acc=tr_acc, test_acc=te_acc,
-                test_ce=te_ce, hinge=hinge, model=fit.model, **ev)
+                test_ce=te_ce, hinge=hinge, model=fit.model, ggn_ratio=ggn.log_ratio_to_null(2),
+                ggn_decrement=ggn.newton_decrement, **ev)
 
 
 def rescaled_features_evidence(train, scale: torch.Tensor, prior_precision: float, loss_fn=None):
@@ -285,3 +294,240 @@ def evidence_table(evidences: Mapping[str, object]) -> MarkdownTable:
     return markdown_table(["parametrization (prior)", "ln |∇∇C(ω₀)|", "ln Occam", "ln evidence"],
                           [[name, f"{logdet(ev):.2f}", f"{ev.log_occam_factor:.2f}", f"{ev.log_evidence:.4f}"]
                            for name, ev in evidences.items()])
+
+
+class _ScaledLogistic(nn.Module):
+    r"""The one-logit linear model in rescaled coordinates, :math:`x \mapsto (x\odot d_w)^\top\eta_w
+    + d_b\,\eta_b`: the weights :math:`\omega = D\eta` of ``nn.Linear`` with
+    :math:`D = \operatorname{diag}(d_w, d_b)`."""
+
+    def __init__(self, weight_scale: torch.Tensor, bias_scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, len(weight_scale), dtype=torch.float64))
+        self.bias = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        self.register_buffer("weight_scale", weight_scale.double())
+        self.register_buffer("bias_scale", torch.tensor([float(bias_scale)], dtype=torch.float64))
+
+    def forward(self, X):
+        return ((X * self.weight_scale) @ self.weight.T + self.bias_scale * self.bias).reshape(-1)
+
+
+def rescaled_evidence(train, scale: torch.Tensor, prior_precision: float, loss_fn=None):
+    r"""The Laplace evidence of the linear model in the coordinates :math:`\eta = D^{-1}\omega`,
+    :math:`D = \operatorname{diag}(d_1, \dots, d_p)` over all ``p`` parameters (weights, then the
+    bias).
+
+    With the prior carried along (precision :math:`\lambda d_j^2` on :math:`\eta_j`),
+    :math:`\nabla\nabla_\eta C = D\,\nabla\nabla_\omega C\,D`, so :math:`\ln|\nabla\nabla C|`
+    moves by exactly :math:`+2\sum_j\ln d_j` while the Occam factor, the fit and the evidence do
+    not move; with the isotropic λ again it is another model. Unlike
+    :func:`rescaled_features_evidence`, the bias is rescaled too (``d_p``).
+
+    Args:
+        train: the ``(X, y)`` training pair.
+        scale: the ``p = X.shape[1] + 1`` factors :math:`d_j > 0`.
+        prior_precision: λ.
+        loss_fn: default ``BCEWithLogitsLoss``.
+
+    Returns:
+        ``(carried, isotropic)``, two :class:`flatness.evidence.Evidence`.
+
+    Raises:
+        ValueError: ``scale`` of the wrong length or not positive.
+    """
+    X, y = check_tensor_pair(train, "train")
+    loss_fn = nn.BCEWithLogitsLoss() if loss_fn is None else loss_fn
+    scale = torch.as_tensor(scale, dtype=torch.float64)
+    if scale.shape != (X.shape[1] + 1,) or not bool((scale > 0).all()):
+        raise ValueError(f"scale: expected {X.shape[1] + 1} positive factors (weights, then the "
+                         f"bias), got shape {tuple(scale.shape)}")
+    lam = float(prior_precision)
+    pair = (X.double(), y)
+    start = _ScaledLogistic(scale[:-1], float(scale[-1]))
+    carried = lam * scale ** 2
+    fit_c = fit_map(start, loss_fn, pair, carried)
+    fit_i = fit_map(start, loss_fn, pair, lam)
+    return (laplace_log_evidence(fit_c.model, loss_fn, pair, carried),
+            laplace_log_evidence(fit_i.model, loss_fn, pair, lam))
+
+
+def log_determinant(ev) -> float:
+    r""":math:`\ln|\nabla\nabla C(\omega_0)|` of an exact :class:`~flatness.evidence.Evidence`."""
+    return float(np.sum(np.log(ev.eigenvalues)))
+
+
+def invariance_sentence(base, carried, isotropic, predicted_change: float) -> str:
+    r"""The rescaling experiment in one sentence, generated from its numbers: how far
+    :math:`\ln|\nabla\nabla C|` and the ln evidence moved with the prior carried along and with the
+    isotropic prior (``predicted_change`` is :math:`2\sum_j\ln d_j`)."""
+    d_c, d_i = log_determinant(carried) - log_determinant(base), log_determinant(isotropic) - log_determinant(base)
+    e_c, e_i = carried.log_evidence - base.log_evidence, isotropic.log_evidence - base.log_evidence
+    return (f"With the prior carried along, ln |∇∇C| moved by {d_c:+,.2f} nats (predicted "
+            f"2 Σ ln d_j = {predicted_change:+,.2f}) and the ln evidence by {e_c:+.1e} nats; with the "
+            f"isotropic prior again, ln |∇∇C| moved by {d_i:+,.2f} nats and the ln evidence by {e_i:+.2f} "
+            f"nats{' — a different model' if abs(e_i) > 1e-3 else ''}.")
+
+
+def linear_log_joint(train, prior_precision: float):
+    r"""The log joint :math:`\ln P(y\mid\omega, x) + \ln\mathcal N(\omega; 0, \lambda^{-1}I)` of
+    logistic regression, on a batch of parameter vectors :math:`\omega = (w, b)` (``nn.Linear``'s
+    order: weights, then the bias). Its integral over :math:`\omega` is the evidence.
+
+    Args:
+        train: the ``(X, y)`` training pair, ``y`` in {0, 1}.
+        prior_precision: λ > 0.
+
+    Returns:
+        A function ``(S, p) → (S,)`` (also ``(p,) → ()``), float64, differentiable.
+
+    >>> f = linear_log_joint((torch.zeros(2, 1), torch.tensor([0, 1])), 1.0)
+    >>> round(float(f(torch.zeros(2))), 6)  # 2 ln ½ + ln N(0; 0, I₂)
+    -3.224171
+    """
+    X, y = check_tensor_pair(train, "train")
+    lam = float(prior_precision)
+    if not (lam > 0 and math.isfinite(lam)):
+        raise ValueError(f"prior_precision: expected a positive number, got {prior_precision!r}")
+    Xb = torch.cat([X.double(), torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    y = y.double()
+    p = Xb.shape[1]
+
+    def log_joint(w):
+        w = torch.as_tensor(w).to(torch.float64)
+        f = w @ Xb.T
+        ll = -(nn.functional.softplus(-f) * y + nn.functional.softplus(f) * (1 - y)).sum(-1)
+        return ll + 0.5 * p * math.log(lam / (2 * math.pi)) - 0.5 * lam * (w * w).sum(-1)
+
+    return log_joint
+
+
+
+def _laplace_gaussian(logf, x0):
+    from .evidence import laplace_log_integral
+
+    lap = laplace_log_integral(logf, x0)
+    cov = torch.linalg.inv(-torch.autograd.functional.hessian(logf, lap.mode))
+    return lap, cov
+
+
+def reparametrization_check(train, prior_precision: float, radial=None, half_width: float = 12.0,
+                            num_points: int = 801) -> Dict:
+    r"""Laplace and exact evidence of a two-parameter logistic regression (one feature and the
+    bias), in the weights :math:`\omega` and in nonlinear coordinates :math:`\omega = h(\eta)`.
+
+    :math:`h` acts elementwise (a :class:`~flatness.reparametrize.RadialMap`'s ``forward``, a
+    bijection of :math:`\mathbb R`), and the prior is carried along (the Jacobian
+    :math:`\prod_j h'(\eta_j)`, :func:`flatness.evidence.reparametrized_log_density`). The exact
+    evidence — a trapezoidal rule on a dense grid, :func:`flatness.evidence.grid_log_integral` —
+    is the same integral in both coordinates (change of variables); Laplace's approximation of it
+    is not, unless :math:`h` is linear.
+
+    Args:
+        train: the ``(X, y)`` pair with one feature.
+        prior_precision: λ.
+        radial: the map (default ``RadialMap(center=0, a=1, b=0.25)``: :math:`\omega = (\eta^2 + \tfrac14)\eta`).
+        half_width: the grid covers the MAP point ± ``half_width`` Laplace standard deviations
+            in each coordinate.
+        num_points: grid points per axis.
+
+    Returns:
+        A dict of floats: ``laplace``, ``laplace_eta``, ``exact``, ``exact_eta``.
+
+    Raises:
+        ValueError: more than one feature.
+    """
+    from .evidence import grid_log_integral, reparametrized_log_density
+    from .reparametrize import RadialMap
+
+    X, _ = check_tensor_pair(train, "train")
+    if X.shape[1] != 1:
+        raise ValueError(f"train: expected one feature (two parameters), got {X.shape[1]}")
+    h = RadialMap(center=0.0, a=1.0, b=0.25) if radial is None else radial
+    f = linear_log_joint(train, prior_precision)
+    f_eta = reparametrized_log_density(f, h.forward, lambda e: torch.log(h.derivative(e)).sum(-1))
+    out = {}
+    for key, logf, x0 in (("", f, torch.zeros(2, dtype=torch.float64)), ("_eta", f_eta, None)):
+        lap, cov = _laplace_gaussian(logf, h.inverse(out["mode"]) if x0 is None else x0)
+        sd = cov.diagonal().sqrt()
+        out["laplace" + key] = lap.log_integral
+        out["exact" + key] = grid_log_integral(logf, lap.mode - half_width * sd,
+                                               lap.mode + half_width * sd, num_points)
+        out.setdefault("mode", lap.mode)
+    del out["mode"]
+    return out
+
+
+def evidence_check(train, prior_precision: float, num_chains: int = 128,
+                   num_temperatures: int = 500, seed: int = 0) -> Dict:
+    r"""The Laplace evidence of logistic regression against annealed importance sampling
+    (:func:`flatness.evidence.annealed_log_evidence`, started from the Laplace Gaussian).
+
+    AIS is unbiased for the evidence :math:`Z`, so :math:`\ln\hat Z` is biased *low*
+    (Jensen), most when ``ess`` is small: then it is a stochastic lower bound on
+    :math:`\ln Z`.
+
+    Args:
+        train: the ``(X, y)`` pair (a small model: ``p = X.shape[1] + 1`` parameters).
+        prior_precision: λ.
+        num_chains, num_temperatures, seed: of ``annealed_log_evidence``.
+
+    Returns:
+        A dict: ``laplace`` (float), ``ais`` (:class:`~flatness.evidence.ImportanceEvidence`),
+        ``train_acc`` (at the MAP point), ``p``.
+    """
+    from .evidence import annealed_log_evidence
+
+    X, y = check_tensor_pair(train, "train")
+    f = linear_log_joint(train, prior_precision)
+    lap, cov = _laplace_gaussian(f, torch.zeros(X.shape[1] + 1, dtype=torch.float64))
+    ais = annealed_log_evidence(f, lap.mode, cov, num_chains=num_chains,
+                                num_temperatures=num_temperatures, seed=seed)
+    Xb = torch.cat([X.double(), torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    acc = float(((Xb @ lap.mode > 0).double() == y.double()).double().mean())
+    return dict(laplace=lap.log_integral, ais=ais, train_acc=acc, p=X.shape[1] + 1)
+
+
+def evidence_check_table(reparam: Mapping, checks: Mapping[float, Dict]) -> MarkdownTable:
+    """The Laplace evidence against the exact one: the rows of :func:`reparametrization_check`
+    (two weights, in ω and in η, quadrature) and of :func:`evidence_check` (one per λ, AIS)."""
+    rows = [["2 weights, ω", "1", f"{reparam['laplace']:.3f}", f"{reparam['exact']:.6f} (quadrature)", "", ""],
+            ["2 weights, ω = h(η)", "1", f"{reparam['laplace_eta']:.3f}", f"{reparam['exact_eta']:.6f} (quadrature)",
+             "", ""]]
+    rows += [[f"{c['p']} weights, train acc {100 * c['train_acc']:.0f} %", f"{lam:g}", f"{c['laplace']:.2f}",
+              f"{c['ais'].log_evidence:.2f} ± {c['ais'].stderr:.2f} (AIS)", f"ESS {c['ais'].ess:.1f}",
+              f"{c['laplace'] - c['ais'].log_evidence:+.2f}"] for lam, c in checks.items()]
+    return markdown_table(["model", "λ", "Laplace ln Z", "exact ln Z", "effective sample size",
+                           "Laplace − exact"], rows)
+
+
+def reparam_sentence(reparam: Mapping) -> str:
+    """:func:`reparametrization_check` in one sentence, from its numbers."""
+    return (f"{reparam['exact']:.6f} nats in ω and {reparam['exact_eta']:.6f} in η, while the Laplace "
+            f"evidence moves from {reparam['laplace']:.3f} to {reparam['laplace_eta']:.3f} "
+            f"({reparam['laplace_eta'] - reparam['laplace']:+.3f} nats).")
+
+
+def false_positive_sentence(rows: Sequence[Dict]) -> str:
+    """The random-label rows of :func:`fit_and_evidence` that get a positive ln evidence ratio —
+    false positives — named in one sentence, for the Hessian and the Gauss–Newton evidence."""
+    rand = [r for r in rows if r["labels"] == "random"]
+    fp = [r for r in rand if r["status"] == "accepted" and r["ratio"] > 0]
+    ggn = [r for r in rand if r.get("ggn_ratio", -math.inf) > 0]
+    first = ("; ".join(f"random labels at λ = {r['lam']:g} get {r['ratio']:+.1f} nats" for r in fp)
+             + (", a false positive of the Hessian evidence" if len(fp) == 1 else ", false positives of the Hessian evidence")
+             if fp else "no random-label fit gets a positive Hessian evidence ratio at these λ")
+    return (f"{first}. The Gauss–Newton evidence, defined at every fit, gives a positive ratio to "
+            f"{len(ggn)} of the {len(rand)} random-label fits")
+
+
+def slq_table(row: Mapping, loss_fn, train, settings: Sequence, seed: int = 0) -> MarkdownTable:
+    r"""The exact Laplace evidence of a :func:`lambda_sweep` row against stochastic Lanczos
+    quadrature (``laplace_log_evidence(method="slq")``) with each ``(probes, steps)`` of
+    ``settings``: value ± standard error and Hessian-vector products spent."""
+    rows = [["exact (dense, eigh)", f"{row['log_ev']:.2f}", f"{row['evidence'].num_parameters}"]]
+    for probes, steps in settings:
+        est = laplace_log_evidence(row["model"], loss_fn, train, row["lam"], method="slq",
+                                   num_probes=probes, num_lanczos=steps, seed=seed)
+        rows.append([f"SLQ, {probes} probes × {steps} steps", f"{est.log_evidence:.2f} ± {est.stderr:.2f}",
+                     f"{probes * steps}"])
+    return markdown_table(["method", "ln evidence", "Hessian-vector products"], rows)

@@ -79,3 +79,51 @@ def test_alpha_scale_family_and_curvature_profile(tiny64):
         assert prof["lambda_max"][i] == pytest.approx(lam, rel=1e-6)
     assert set(prof) == {"lambda_max", "trace", "fro", ("full", 1e-3), ("subspace", 1e-3)}
     assert str(layers.profile_table(prof, ["a", "b"])).count("\n") == 3
+
+
+def test_sharpen_layers_reports_weight_and_bias_blocks(tiny64):
+    """Each block's spectrum after equals the dense block's top eigenvalues, and a bias block of
+    layer 2 is scaled by c₂⁻² = α⁻⁴ (the mechanism apart from the theorem)."""
+    model, loss_fn, data = tiny64
+    weights = ["0.weight", "2.weight", "4.weight"]
+    res = alpha_experiments.sharpen_layers(model, loss_fn, data, weights, k=2, target_factor=10.0, tol=1e-10,
+                                           biases=["2.bias"])
+    from flatness.params import parameter_slices
+
+    H = oracle_hessian(res.model, loss_fn, data)
+    for name, values in res.block_spectra_after.items():
+        b = parameter_slices(model)[name]
+        assert values == pytest.approx(torch.linalg.eigvalsh(H[b, b]).flip(0)[:2].numpy(), rel=1e-6)
+    assert res.bias_after[0] == pytest.approx(res.bias_before[0] * res.alpha ** -4, rel=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [64.0, 3.0])
+def test_subspace_identity_is_exact(tiny64, alpha):
+    """T_αθ + Ay = T_α(θ + T_α⁻¹Ay): bit for bit for a power of two, to rounding otherwise; the
+    losses agree likewise, and the columns of T_α⁻¹A have the norms of the dense D⁻¹A."""
+    model, loss_fn, data = tiny64
+    state = _state(model)
+    res = alpha_experiments.subspace_identity_check(model, loss_fn, data, alpha, subspace_dim=5, num_points=4)
+    assert _unchanged(model, state)
+    if alpha == 64.0:
+        assert res.vector_error == 0.0 and res.loss_error == 0.0
+    else:
+        assert res.vector_error < 1e-12 and res.loss_error < 1e-12
+    from flatness.params import flat_parameters
+    from flatness.sharpness import random_subspace
+
+    A = torch.as_tensor(random_subspace(flat_parameters(model).numel(), 5, seed=0), dtype=torch.float64)
+    from flatness.symmetries import alpha_factors
+
+    d = parameter_scaling(model, alpha_factors(3, alpha, (0, 1)))
+    assert res.column_norms == pytest.approx((A / d[:, None]).norm(dim=0).numpy(), rel=1e-12)
+
+
+def test_sharpening_tables_name_the_bias_block(tiny64):
+    model, loss_fn, data = tiny64
+    res = alpha_experiments.sharpen_layers(model, loss_fn, data, ["0.weight", "2.weight", "4.weight"], k=2,
+                                           target_factor=10.0, tol=1e-10, biases=["2.bias"])
+    assert res.bias_factors == [pytest.approx(res.alpha ** -4)]
+    text = str(res.table())
+    assert "2.bias" in text and f"{res.alpha ** -4:g}" in text
+    assert f"{res.mu:.3f}" in str(res.summary_table())

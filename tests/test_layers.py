@@ -137,3 +137,52 @@ def test_block_prediction_matches_its_parts(tiny64):
     assert pred.estimates.traces == est.traces
     assert np.array_equal(pred.trace, layers.scaled_block_trace(est.traces, POWERS, grid))
     assert np.array_equal(pred.frobenius, layers.scaled_block_frobenius(est.frobenius_sq, POWERS, grid))
+
+
+def test_block_hutchinson_samples_and_stderr_are_the_probes(tiny64):
+    """The per-probe samples average to the estimates, and the standard error is their sample sd
+    over √m; the exact one-probe variance of a block (hutchinson_variance of the dense block)
+    lies within the sample variance's 5-sigma band — checked via a chi-square-free bound: the
+    sample variance of m = 400 probes is within 50 % of the exact one."""
+    model, loss_fn, data = tiny64
+    H = oracle_hessian(model, loss_fn, data)
+    blocks = layers.group_slices(model, GROUPS)
+    est = layers.block_hutchinson(H, blocks, num_probes=400, seed=0)
+    for g, b in blocks.items():
+        assert est.trace_samples[g].mean() == pytest.approx(est.traces[g], rel=1e-12, abs=1e-12)
+        var = layers.hutchinson_variance(H[b, b])
+        assert est.trace_stderr[g] == pytest.approx(est.trace_samples[g].std(ddof=1) / 20, rel=1e-12)
+        if var > 0:
+            assert 0.5 * var < est.trace_samples[g].var(ddof=1) < 1.5 * var
+    for key, v in est.frobenius_samples.items():
+        assert v.mean() == pytest.approx(est.frobenius_sq[key], rel=1e-12, abs=1e-15)
+
+
+def test_prediction_stderr_from_per_probe_predictions_and_agreement(tiny64):
+    """The predicted curve's error bar is the sd of the per-probe predictions over √m; a profile of
+    α-scaled copies agrees with the prediction, and its z-scores use both error bars."""
+    from flatness import alpha_experiments
+
+    model, loss_fn, data = tiny64
+    alphas = np.array([0.5, 1.0, 4.0])
+    pred = layers.block_scaling_prediction(model, loss_fn, data, GROUPS, POWERS, alphas, num_probes=50, tol=1e-10)
+    est = pred.estimates
+    per_probe = sum(alphas[:, None] ** (-2.0 * POWERS[g]) * est.trace_samples[g] for g in GROUPS)
+    np.testing.assert_allclose(pred.trace_stderr, per_probe.std(1, ddof=1) / np.sqrt(50), rtol=1e-12)
+    fam = alpha_experiments.alpha_scale_family(model, list(alphas), data[0], data, data, layers=(0, 1))
+    prof = layers.curvature_profile(list(fam.models.values()), loss_fn, data, num_matvecs=10, epsilons=(),
+                                    tol=1e-10, num_repeats=3)
+    base = layers.curvature_profile(list(fam.models.values()), loss_fn, data, num_matvecs=10, epsilons=(), tol=1e-10)
+    np.testing.assert_array_equal(prof["trace"], base["trace"])        # the seed-0 numbers are unchanged
+    assert prof["trace_sd"].shape == (3,) and "trace_sd" not in base
+    agree = layers.scaling_agreement(prof, pred, POWERS, alphas)
+    np.testing.assert_allclose(agree["trace_pred"], layers.scaled_block_trace(est.traces, POWERS, alphas), rtol=1e-12)
+    z = (prof["trace"] - agree["trace_pred"]) / np.sqrt(prof["trace_sd"] ** 2 + agree["trace_pred_se"] ** 2)
+    np.testing.assert_allclose(agree["trace_z"], z, rtol=1e-12)
+    assert "±" in str(layers.agreement_table(prof, agree, ["a", "b", "c"]))
+    from scipy.stats import t as student_t
+
+    # Bonferroni over 2 × 3 comparisons, Student's t with R − 1 = 2 degrees of freedom
+    assert agree["z_threshold"] == pytest.approx(student_t.ppf(1 - 0.05 / 12, 2), rel=1e-12)
+    with pytest.raises(ValueError, match="num_repeats"):
+        layers.scaling_agreement(base, pred, POWERS, alphas)
