@@ -37,6 +37,7 @@ __version__ = "0.2.0"
 from . import (  # noqa: E402
     adaptive,
     alpha_experiments,
+    basins,
     cache,
     checks,
     claims,
@@ -97,8 +98,8 @@ def seed_everything(seed: int) -> None:
     _torch.manual_seed(seed)
 
 
-__all__ = ["HessianOperator", "TrainConfig", "adaptive", "alpha_experiments", "cache", "checks", "claims",
-           "curvature", "data", "dense_hessian", "evaluate", "evidence", "exact_trace", "figures",
+__all__ = ["HessianOperator", "TrainConfig", "adaptive", "alpha_experiments", "basins", "cache", "checks",
+           "claims", "curvature", "data", "dense_hessian", "evaluate", "evidence", "exact_trace", "figures",
            "fisher_rao", "hessian_frobenius", "hessian_trace", "interpolate", "keskar_sharpness", "krylov",
            "landscape", "large_batch", "layers", "load_or_train", "measures", "metric_hessian", "models",
            "noise", "noise_sweep", "operators", "pacbayes", "paper_models", "params", "plotting", "population",

@@ -26,7 +26,8 @@ from torch import Tensor
 from .checks import check_positive, check_tensor_pair
 
 __all__ = ["Split", "subset", "mnist1d", "digits", "TORCHVISION_DATASETS", "torchvision_dataset",
-           "from_spec", "two_class_split", "random_relu_features"]
+           "from_spec", "two_class_split", "random_relu_features", "wrong_labels", "first_items",
+           "attack_split"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def mnist1d(num_samples: int = 5000, train_fraction: float = 0.8, seed: int = 42
 
 def digits(classes: Sequence[int] | None = None, test_fraction: float = 0.25, seed: int = 0,
            n_train: int | None = None, n_test: int | None = None,
-           standardize: bool = True) -> Split:
+           standardize: bool = True, images: bool = False) -> Split:
     """scikit-learn's 8×8 handwritten digits (1,797 images, 64 features), stratified split.
 
     Args:
@@ -159,6 +160,8 @@ def digits(classes: Sequence[int] | None = None, test_fraction: float = 0.25, se
         n_train, n_test: optional deterministic subsets.
         standardize: scale features to zero mean and unit variance (statistics of the
             training part only).
+        images: return inputs of shape ``(N, 1, 8, 8)`` (for 2-D convolutions) instead of
+            ``(N, 64)``; the same numbers.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -179,6 +182,9 @@ def digits(classes: Sequence[int] | None = None, test_fraction: float = 0.25, se
     t = lambda a, dt: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
     split = Split(t(Xtr, torch.float32), t(ytr, torch.int64), t(Xte, torch.float32),
                   t(yte, torch.int64), len(np.unique(y)))
+    if images:
+        split = Split(split.X_train.reshape(-1, 1, 8, 8), split.y_train,
+                      split.X_test.reshape(-1, 1, 8, 8), split.y_test, split.num_classes)
     return _limit(split, n_train, n_test, seed)
 
 
@@ -330,6 +336,12 @@ def from_spec(spec: dict) -> Split:
         raise TypeError(f"spec: expected a dict, got {type(spec).__name__}")
     spec = dict(spec)
     name = spec.pop("name", None)
+    if name in ("first", "attack"):
+        if not isinstance(spec.get("base"), dict):
+            raise ValueError(f"spec: a {name!r} dataset needs a 'base' data spec (a dict), "
+                             f"got {spec.get('base')!r}")
+        base = from_spec(spec.pop("base"))
+        return first_items(base, **spec) if name == "first" else attack_split(base, **spec)
     makers = {"mnist1d": mnist1d, "digits": digits}
     if isinstance(name, str) and name.lower().replace("-", "").replace("_", "") in TORCHVISION_DATASETS:
         return torchvision_dataset(name, **spec)
@@ -411,3 +423,82 @@ def random_relu_features(split: Split, width: int, seed: int = 0) -> Split:
     sd[sd == 0] = 1.0
     return Split(((Ztr - mu) / sd).float(), split.y_train, ((Zte - mu) / sd).float(),
                  split.y_test, split.num_classes)
+
+
+def wrong_labels(y: Tensor, num_classes: int, seed: int = 0) -> Tensor:
+    r"""Labels that are always wrong: :math:`y' = (y + r) \bmod C` with :math:`r` uniform on
+    :math:`\{1, \dots, C-1\}`, so :math:`y'` is uniform on the :math:`C-1` wrong classes and never
+    equals :math:`y` (Wu, Zhu & E 2017's attack labels).
+
+    Args:
+        y: integer labels ``(N,)`` in ``[0, num_classes)``.
+        num_classes: :math:`C \ge 2`.
+        seed: seeds the draw (a CPU ``torch.Generator``; the same labels on every device).
+
+    Returns:
+        int64 labels on ``y``'s device.
+
+    Raises:
+        TypeError: ``y`` not an integer tensor.
+        ValueError: ``num_classes`` < 2, labels out of range.
+
+    >>> y = torch.tensor([0, 1, 2, 2])
+    >>> bool((wrong_labels(y, 3) != y).all())
+    True
+    """
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.dtype == torch.bool or y.ndim != 1:
+        raise TypeError(f"y: expected a 1-D tensor of integer labels, got "
+                        f"{getattr(y, 'dtype', type(y).__name__)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes: expected an integer ≥ 2, got {num_classes!r}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"y: labels must lie in [0, {num_classes}), found "
+                         f"{int(y.min())}..{int(y.max())}")
+    g = torch.Generator().manual_seed(int(seed))
+    shift = torch.randint(1, num_classes, (len(y),), generator=g)
+    return ((y.cpu().long() + shift) % num_classes).to(y.device)
+
+
+def first_items(split: Split, n: int) -> Split:
+    """The first ``n`` training items of ``split`` (in its own order) and its whole test part.
+
+    With Wu, Zhu & E's design — the first items of the training set as the training set S, the
+    rest for the attack set (:func:`attack_split`) — S and T never share an item. Spec
+    ``{"name": "first", "base": <data spec>, "n": n}``.
+
+    Raises:
+        ValueError: ``n`` not in ``[1, N_train]``.
+    """
+    N = split.X_train.shape[0]
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= N:
+        raise ValueError(f"n: expected an integer in [1, {N}], got {n!r}")
+    return Split(split.X_train[:n], split.y_train[:n], split.X_test, split.y_test,
+                 split.num_classes)
+
+
+def attack_split(split: Split, n_s: int, size: int, num_classes: int | None = None,
+                 seed: int = 0) -> Split:
+    """An attack set T (Wu, Zhu & E 2017, §5.1) as the training part of a :class:`Split`.
+
+    T is ``size`` items drawn without replacement (a permutation seeded by ``seed``) from the
+    training items *after* the first ``n_s`` — those are the training set S of
+    :func:`first_items` — with labels from :func:`wrong_labels` (``seed`` again), so no attack
+    label is right. The test part is the base's. Spec ``{"name": "attack", "base": <data spec>,
+    "n_s": n_S, "size": |T|, "num_classes": C, "seed": s}`` (``num_classes`` defaults to the
+    base's); it is what :class:`~flatness.training.TrainConfig`'s ``attack`` takes.
+
+    Raises:
+        ValueError: ``n_s`` or ``size`` out of range (``n_s + size`` must not exceed the training
+            items), ``num_classes`` smaller than the labels need.
+    """
+    N = split.X_train.shape[0]
+    if not isinstance(n_s, int) or isinstance(n_s, bool) or not 0 <= n_s < N:
+        raise ValueError(f"n_s: expected an integer in [0, {N - 1}], got {n_s!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= N - n_s:
+        raise ValueError(f"size: expected an integer in [1, {N - n_s}] (the training items after "
+                         f"the first n_s={n_s}), got {size!r}")
+    C = split.num_classes if num_classes is None else num_classes
+    g = torch.Generator().manual_seed(int(seed))
+    idx = n_s + torch.randperm(N - n_s, generator=g)[:size].sort().values
+    X, y = split.X_train[idx], split.y_train[idx]
+    return Split(X, wrong_labels(y, C, seed), split.X_test, split.y_test, split.num_classes)
