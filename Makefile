@@ -117,7 +117,7 @@ scoreboard: $(EXECUTED)
 # Paper scale on real data (running.md): each chapter of PAPER_CHAPTERS executed with papermill on the
 # files under DATA_ROOT, on DEVICE, at SCALE, into _build/executed/paper/; claims go to their own
 # folder (_build/claims-paper/), so they never mix with the book's scoreboard.
-PAPER_CHAPTERS ?= 01_large_batch 04_occam_factor 05_noise_scale
+PAPER_CHAPTERS ?= 02_large_batch 05_occam_factor 06_noise_scale
 DATASET ?= mnist
 DATA_ROOT ?=
 DEVICE ?= cpu
@@ -127,7 +127,7 @@ PAPER_CLAIMS ?= $(CURDIR)/_build/claims-paper/$(DATASET)
 .PHONY: paper
 paper: $(STAMP)
 	@test -n "$(DATA_ROOT)" -o "$(DATASET)" = digits || (echo "usage: make paper DATASET=mnist|fashionmnist|cifar10 \
-	DATA_ROOT=/path/to/files [DEVICE=cuda] [SCALE=paper|full|quick] [PAPER_CHAPTERS='01_large_batch ...']" && exit 2)
+	DATA_ROOT=/path/to/files [DEVICE=cuda] [SCALE=paper|full|quick] [PAPER_CHAPTERS='02_large_batch ...']" && exit 2)
 	@mkdir -p $(PAPER_OUT)
 	@for c in $(PAPER_CHAPTERS); do \
 	  echo "executing chapters/$$c.ipynb on $(DATASET), $(SCALE) scale, $(DEVICE)"; \

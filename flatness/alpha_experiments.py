@@ -1,4 +1,4 @@
-r"""The α-scale experiments of chapter 02: Dinh et al.'s :math:`T_\alpha` on trained networks.
+r"""The α-scale experiments of chapter 03: Dinh et al.'s :math:`T_\alpha` on trained networks.
 
 For a ReLU network, :math:`T_\alpha` multiplies one weight layer by α and the next by
 :math:`\alpha^{-1}` (:func:`flatness.symmetries.alpha_scale`): the function is unchanged, the

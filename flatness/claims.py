@@ -553,7 +553,7 @@ class Claim:
     r"""One claim of a paper, tested in one chapter.
 
     Attributes:
-        chapter: the chapter's file stem, e.g. ``"01_large_batch"``.
+        chapter: the chapter's file stem, e.g. ``"02_large_batch"``.
         id: a short slug unique in the chapter (``"lb-sharper"``; lower case, digits, hyphens).
         statement: the claim in one sentence.
         paper: the paper's number, as the paper gives it (``"LB/SB λ_max ratio 3.6"``).
@@ -583,7 +583,7 @@ class Claim:
     def __post_init__(self):
         _text(self.chapter, "chapter")
         if not _CHAPTER.match(self.chapter):
-            raise ValueError(f"chapter: expected a file stem like '01_large_batch', got {self.chapter!r}")
+            raise ValueError(f"chapter: expected a file stem like '02_large_batch', got {self.chapter!r}")
         _text(self.id, "id")
         if not _ID.match(self.id):
             raise ValueError(f"id: expected a slug of lower-case letters, digits and hyphens, "
@@ -775,7 +775,7 @@ def claims_path(chapter: str, directory: Union[str, os.PathLike, None] = None,
     """The claims file of ``chapter``: ``claims_directory(directory, quick) / <chapter>.json``."""
     _text(chapter, "chapter")
     if not _CHAPTER.match(chapter):
-        raise ValueError(f"chapter: expected a file stem like '01_large_batch', got {chapter!r}")
+        raise ValueError(f"chapter: expected a file stem like '02_large_batch', got {chapter!r}")
     return claims_directory(directory, quick) / f"{chapter}.json"
 
 

@@ -1,4 +1,4 @@
-r"""The figures of chapters 02–05 (symmetries, reparametrization, the Occam factor, the noise
+r"""The figures of chapters 03–06 (symmetries, reparametrization, the Occam factor, the noise
 scale), as functions of the library's result objects.
 
 Each function draws one figure and returns it (a ``matplotlib.figure.Figure``); the chapter

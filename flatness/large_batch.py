@@ -645,7 +645,7 @@ LARGE_BATCH_CLAIMS = {
 
 
 def large_batch_claims(measured: Mapping[str, Measurement], compared: Sequence[Mapping],
-                       expected: Mapping[str, str], chapter: str = "01_large_batch") -> List[Claim]:
+                       expected: Mapping[str, str], chapter: str = "02_large_batch") -> List[Claim]:
     r"""The large-batch chapter's claims (:data:`LARGE_BATCH_CLAIMS`), decided on ``measured``.
 
     The rules (each at 95 %): ``same-criterion``: every run of ``compared`` reached its target

@@ -16,7 +16,7 @@ when drawn against :math:`g = \varepsilon N/B`.
 * :func:`collapse_spread` measures how well several curves line up against a variable.
 * :func:`peak_table` lists the peaks with their noise scales.
 
-The population design (chapter 05):
+The population design (chapter 06):
 
 * :func:`sqrt2_grid` — batch sizes on a :math:`\sqrt2` grid;
 * :func:`population_sweep` — every (ε, N, B, seed), one population per (N, B)

@@ -1,4 +1,4 @@
-r"""Ranking flatness measures over a population of trained networks (chapter 07).
+r"""Ranking flatness measures over a population of trained networks (chapter 08).
 
 Jiang et al. (2020) judge a generalization measure :math:`\mu` by how well it *ranks* networks by
 their generalization gap :math:`g`: Kendall's

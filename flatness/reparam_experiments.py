@@ -1,4 +1,4 @@
-r"""The reparametrization experiments of chapter 03: same function, other curvature.
+r"""The reparametrization experiments of chapter 04: same function, other curvature.
 
 * :func:`scale_parameters` and :func:`scaled_parameters_loss` rescale named parameters (a copy of
   the network, or the loss at the rescaled point);

@@ -31,7 +31,7 @@ def run_chapter(name: str, params: dict, tmp_path: Path, timeout: float = 600) -
     progress bars; ``QUICK=True`` unless ``params`` says otherwise.
 
     Args:
-        name: the chapter's file stem, e.g. ``"01_large_batch"``.
+        name: the chapter's file stem, e.g. ``"02_large_batch"``.
         params: papermill parameters (JSON-able values).
         tmp_path: a scratch folder.
         timeout: seconds before the run counts as failed.
@@ -67,10 +67,10 @@ def test_large_batch_chapter_runs_on_mnist_files(tmp_path):
     pytest.importorskip("torchvision")
     pytest.importorskip("papermill")
     _mnist_files(tmp_path / "data", n_train=120, n_test=20)  # N/10 = 12, about a minute
-    result = run_chapter("01_large_batch", {"DATASET": "mnist", "DATA_ROOT": str(tmp_path / "data"),
+    result = run_chapter("02_large_batch", {"DATASET": "mnist", "DATA_ROOT": str(tmp_path / "data"),
                                             "SCALE": "quick"}, tmp_path)
     claims = result["claims"]
-    assert claims is not None and claims["chapter"] == "01_large_batch"
+    assert claims is not None and claims["chapter"] == "02_large_batch"
     ids = [c["id"] for c in claims["claims"]]
     assert len(ids) == len(set(ids)) >= 7
     for c in claims["claims"]:
@@ -98,17 +98,17 @@ def test_occam_factor_chapter_runs_on_mnist_files(tmp_path):
     pytest.importorskip("torchvision")
     pytest.importorskip("papermill")
     _mnist_files(tmp_path / "data", n_train=120, n_test=40)  # classes 0 and 1: 24 training, 8 test images
-    result = run_chapter("04_occam_factor", {"DATASET": "mnist", "DATA_ROOT": str(tmp_path / "data"),
+    result = run_chapter("05_occam_factor", {"DATASET": "mnist", "DATA_ROOT": str(tmp_path / "data"),
                                              "SCALE": "quick"}, tmp_path)
-    _claims_computed(result, "04_occam_factor", 13)  # 13 claims: the Laplace checks and the digits pair too
+    _claims_computed(result, "05_occam_factor", 13)  # 13 claims: the Laplace checks and the digits pair too
 
 
 def test_noise_scale_chapter_runs_on_mnist_files(tmp_path):
     pytest.importorskip("torchvision")
     pytest.importorskip("papermill")
     _mnist_files(tmp_path / "data", n_train=120, n_test=40)  # N = 120: size sweep 7, 30 (quick mode)
-    result = run_chapter("05_noise_scale", {"DATASET": "mnist", "DATA_ROOT": str(tmp_path / "data"),
+    result = run_chapter("06_noise_scale", {"DATASET": "mnist", "DATA_ROOT": str(tmp_path / "data"),
                                             "SCALE": "quick"}, tmp_path)
-    _claims_computed(result, "05_noise_scale", 10)
+    _claims_computed(result, "06_noise_scale", 10)
     # the networks were trained on the files: one cached run per configuration
     assert list((tmp_path / "cache").glob("*.pt"))

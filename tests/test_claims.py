@@ -127,7 +127,7 @@ def test_sign_flip_of_all_positive_differences_is_one_over_two_to_the_n():
 
 # --- decision rules ----------------------------------------------------------------------------
 
-def _claim(decision, expected=C.HELD, cid="lb-sharper", chapter="01_large_batch"):
+def _claim(decision, expected=C.HELD, cid="lb-sharper", chapter="02_large_batch"):
     return C.Claim(chapter, cid, "Large batches reach sharper minima.", "LB/SB ratio 1.5–5",
                    "Keskar et al. (2017), Table 2", decision, expected,
                    "LB/SB ratio of λ_max > 1 with the 95 % bootstrap interval above 1",
@@ -143,7 +143,7 @@ def test_a_claim_whose_numbers_flip_changes_its_outcome():
     for m in (flatter, straddle):
         flipped = _claim(C.interval_above(m, threshold=1.0))
         assert flipped.outcome == C.NOT_HELD
-        with pytest.raises(AssertionError, match=r"01_large_batch/lb-sharper.*expected 'held'"):
+        with pytest.raises(AssertionError, match=r"02_large_batch/lb-sharper.*expected 'held'"):
             flipped.check()
         assert _claim(C.interval_above(m, threshold=1.0), expected=C.NOT_HELD).check()
 
@@ -247,16 +247,16 @@ def test_claims_round_trip_exactly_through_json():
 def test_write_and_read_claims(tmp_path, monkeypatch):
     cs = _claims()
     monkeypatch.setenv("FLATNESS_CLAIMS_DIR", str(tmp_path / "claims"))
-    path = C.write_claims(cs, "01_large_batch", quick=True)
-    assert path == tmp_path / "claims" / "quick" / "01_large_batch.json"
-    assert sorted(os.listdir(path.parent)) == ["01_large_batch.json"]   # no temporary file left
+    path = C.write_claims(cs, "02_large_batch", quick=True)
+    assert path == tmp_path / "claims" / "quick" / "02_large_batch.json"
+    assert sorted(os.listdir(path.parent)) == ["02_large_batch.json"]   # no temporary file left
     back = C.read_claims(path)
-    assert back.chapter == "01_large_batch" and back.mode == "quick" and list(back.claims) == cs
+    assert back.chapter == "02_large_batch" and back.mode == "quick" and list(back.claims) == cs
     # the mode comes from $FLATNESS_QUICK when not given; an explicit directory wins
     monkeypatch.setenv("FLATNESS_QUICK", "0")
-    assert C.write_claims(cs, "01_large_batch", tmp_path / "other").parent == tmp_path / "other" / "full"
+    assert C.write_claims(cs, "02_large_batch", tmp_path / "other").parent == tmp_path / "other" / "full"
     # rewriting replaces the file
-    C.write_claims(cs[:1], "01_large_batch", quick=True)
+    C.write_claims(cs[:1], "02_large_batch", quick=True)
     assert len(C.read_claims(path).claims) == 1
 
 
@@ -269,11 +269,11 @@ def test_default_claims_directory_is_the_repository_build_folder(monkeypatch):
 def test_write_claims_rejects_bad_sets(tmp_path):
     cs = _claims()
     with pytest.raises(ValueError, match="belongs to chapter"):
-        C.write_claims(cs, "02_alpha_scale", tmp_path, quick=True)
+        C.write_claims(cs, "03_alpha_scale", tmp_path, quick=True)
     with pytest.raises(ValueError, match="twice"):
-        C.write_claims([cs[0], cs[0]], "01_large_batch", tmp_path, quick=True)
+        C.write_claims([cs[0], cs[0]], "02_large_batch", tmp_path, quick=True)
     with pytest.raises(ValueError, match="at least one"):
-        C.write_claims([], "01_large_batch", tmp_path, quick=True)
+        C.write_claims([], "02_large_batch", tmp_path, quick=True)
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a claims file"):
         C.read_claims(tmp_path / "bad.json")
@@ -307,7 +307,7 @@ def test_check_claims_names_every_mismatch():
     ("decision", "held", TypeError), ("statement", "", ValueError),
     ("chapter", "../x", ValueError)])
 def test_claim_rejects_bad_fields(field, value, error):
-    kwargs = dict(chapter="01_large_batch", id="a", statement="S.", paper="1", source="",
+    kwargs = dict(chapter="02_large_batch", id="a", statement="S.", paper="1", source="",
                   decision=C.interval_above(2.0, None, 1.0), expected=C.HELD)
     kwargs[field] = value
     with pytest.raises(error, match=field):

@@ -34,11 +34,11 @@ def test_paper_runs_a_chapter_on_mnist_files(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
     env.update(FLATNESS_CACHE=str(tmp_path / "cache"), FLATNESS_PROGRESS="0")
     proc = _make("paper", "DATASET=mnist", f"DATA_ROOT={tmp_path / 'data'}", "SCALE=quick",
-                 "PAPER_CHAPTERS=04_occam_factor", f"PAPER_OUT={tmp_path / 'out'}",
+                 "PAPER_CHAPTERS=05_occam_factor", f"PAPER_OUT={tmp_path / 'out'}",
                  f"PAPER_CLAIMS={tmp_path / 'claims'}", env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert (tmp_path / "out" / "04_occam_factor.mnist.quick.ipynb").exists()
-    claims = json.loads((tmp_path / "claims" / "quick" / "04_occam_factor.json").read_text())
+    assert (tmp_path / "out" / "05_occam_factor.mnist.quick.ipynb").exists()
+    claims = json.loads((tmp_path / "claims" / "quick" / "05_occam_factor.json").read_text())
     assert claims["claims"]
     for c in claims["claims"]:
         assert c["decision"]["outcome"] in ("held", "did not hold", "not testable here")

@@ -33,7 +33,7 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 
 
 def id_prefix(path: Path) -> str:
-    """``"01"`` for ``01_large_batch.ipynb``; ``"app"`` for a file without a leading number."""
+    """``"01"`` for ``02_large_batch.ipynb``; ``"app"`` for a file without a leading number."""
     match = re.match(r"(\d+)_", path.name)
     return match.group(1) if match else "app"
 

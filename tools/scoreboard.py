@@ -96,7 +96,7 @@ def toc_chapters(toc_path: Path, root: Optional[Path] = None) -> List[str]:
         root: the book's source directory (default: the directory of ``toc_path``).
 
     Returns:
-        The stems, e.g. ``["00_measuring_flatness", "01_large_batch", ...]``.
+        The stems, e.g. ``["01_measuring_flatness", "02_large_batch", ...]``.
 
     Raises:
         ScoreboardError: a toc entry under ``chapters/`` without a notebook.
