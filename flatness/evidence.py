@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -771,6 +771,23 @@ class ImportanceEvidence:
     num_samples: int
 
 
+def _gaussian(mean, covariance) -> Tuple[Tensor, Tensor]:
+    """``(mean, L)`` in float64 with ``L`` the Cholesky factor of the symmetrized covariance.
+
+    Raises:
+        ValueError: a covariance that is not ``p × p`` or not positive definite.
+    """
+    mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+    cov = torch.as_tensor(covariance, dtype=torch.float64)
+    p = mean.numel()
+    if cov.shape != (p, p):
+        raise ValueError(f"covariance: expected a {p} × {p} matrix, got {tuple(cov.shape)}")
+    try:
+        return mean, torch.linalg.cholesky((cov + cov.T) / 2)
+    except RuntimeError:
+        raise ValueError("covariance: expected a positive definite matrix") from None
+
+
 def importance_log_evidence(log_joint, mean: Tensor, covariance: Tensor, num_samples: int = 100_000,
                             df: float = 5.0, batch_size: int = 10_000, seed: int = 0) -> ImportanceEvidence:
     r"""An importance-sampling estimate of :math:`\ln Z = \ln\int f(x)\,dx`, unbiased in :math:`Z`.
@@ -806,15 +823,8 @@ def importance_log_evidence(log_joint, mean: Tensor, covariance: Tensor, num_sam
     check_positive(batch_size, "batch_size", integer=True)
     if not (df > 0):
         raise ValueError(f"df: expected ν > 0 (or math.inf), got {df!r}")
-    mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-    cov = torch.as_tensor(covariance, dtype=torch.float64)
+    mean, L = _gaussian(mean, covariance)
     p = mean.numel()
-    if cov.shape != (p, p):
-        raise ValueError(f"covariance: expected a {p} × {p} matrix, got {tuple(cov.shape)}")
-    try:
-        L = torch.linalg.cholesky((cov + cov.T) / 2)
-    except RuntimeError:
-        raise ValueError("covariance: expected a positive definite matrix") from None
     half_logdet = float(torch.log(torch.diagonal(L)).sum())
     gen = torch.Generator().manual_seed(seed)
     logw = []
@@ -907,15 +917,8 @@ def annealed_log_evidence(log_joint, mean: Tensor, covariance: Tensor, num_chain
     check_positive(num_temperatures, "num_temperatures", integer=True)
     if not 0 < min_temperature < 1:
         raise ValueError(f"min_temperature: expected a number in (0, 1), got {min_temperature!r}")
-    mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-    cov = torch.as_tensor(covariance, dtype=torch.float64)
+    mean, L = _gaussian(mean, covariance)
     p = mean.numel()
-    if cov.shape != (p, p):
-        raise ValueError(f"covariance: expected a {p} × {p} matrix, got {tuple(cov.shape)}")
-    try:
-        L = torch.linalg.cholesky((cov + cov.T) / 2)
-    except RuntimeError:
-        raise ValueError("covariance: expected a positive definite matrix") from None
     log_norm = -0.5 * p * math.log(2 * math.pi) - float(torch.log(torch.diagonal(L)).sum())
     gen = torch.Generator().manual_seed(seed)
     betas = [0.0] + list(np.geomspace(min_temperature, 1.0, num_temperatures))

@@ -84,22 +84,15 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
         >>> keskar_sharpness(net, torch.nn.CrossEntropyLoss(), (X, y), eps=1e-3) > 0
         True
     """
-    check_positive(eps, "eps")
     check_positive(maxiter, "maxiter", integer=True)
     check_reduction(loss_fn)
-    layout = ParameterLayout(model)
-    n = layout.numel
-    if subspace_dim is not None and (isinstance(subspace_dim, bool) or not isinstance(subspace_dim, int)
-                                     or not 1 <= subspace_dim <= n):
-        raise ValueError(f"subspace_dim: expected None or an integer in [1, {n}] (the number of "
-                         f"parameters), got {subspace_dim!r}")
+    layout, x, A, half = _box(model, eps, subspace_dim, seed)
     device, f64 = layout.device, torch.float64
     # every batch in float64 on the model's device, once; the first loss_at checks every batch
     batches = [(X.to(device=device, dtype=f64) if X.is_floating_point() else X.to(device),
                 y.to(device=device, dtype=f64) if y.is_floating_point() else y.to(device))
                for X, y in materialize(data)]
-    # host copy of the parameters: SciPy works on float64 NumPy arrays, the model on its device
-    x = layout.to_vector(model, "model").to(device="cpu", dtype=f64).numpy().copy()
+    # x is a host copy of the parameters: SciPy works on float64 NumPy arrays, the model on its device
 
     def value_and_grad(z: np.ndarray):
         value, grad = loss_at(model, loss_fn, batches, torch.from_numpy(z).to(device), grad=True,
@@ -109,12 +102,6 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
     with evaluation(model, eval_mode):
         f0 = check_finite(loss_at(model, loss_fn, batches, torch.from_numpy(x).to(device),
                                   layout=layout, eval_mode=eval_mode))
-        if subspace_dim is None:
-            A = None
-            half = eps * (np.abs(x) + 1.0)
-        else:
-            A = random_subspace(n, subspace_dim, seed)
-            half = eps * (np.abs(A.T @ x) + 1.0)
         rng = np.random.default_rng(seed + 1)
         y0 = rng.uniform(-half, half)
         best = [f0]
