@@ -17,3 +17,10 @@ class _DropUnencryptedTcpNotice(logging.Filter):
 
 
 logging.getLogger("IPKernelApp").addFilter(_DropUnencryptedTcpNotice())
+
+# NumPy 2 writes a scalar as `np.float64(0.5)`; myst-nb's `{glue:text}` formats (`:.2f`) parse a
+# glued value's plain-text form as a number and fail on that. Every kernel of the environment
+# prints NumPy scalars as plain numbers (`0.5`), as NumPy 1 did; nothing else changes.
+c = get_config()  # noqa: F821 (provided by the traitlets config loader)
+c.InteractiveShellApp.exec_lines = [
+    "import numpy as _flatness_numpy; _flatness_numpy.set_printoptions(legacy='1.25'); del _flatness_numpy"]
