@@ -87,11 +87,9 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
     check_positive(maxiter, "maxiter", integer=True)
     check_reduction(loss_fn)
     layout, x, A, half = _box(model, eps, subspace_dim, seed)
-    device, f64 = layout.device, torch.float64
+    device = layout.device
     # every batch in float64 on the model's device, once; the first loss_at checks every batch
-    batches = [(X.to(device=device, dtype=f64) if X.is_floating_point() else X.to(device),
-                y.to(device=device, dtype=f64) if y.is_floating_point() else y.to(device))
-               for X, y in materialize(data)]
+    batches = _float64_batches(data, device)
     # x is a host copy of the parameters: SciPy works on float64 NumPy arrays, the model on its device
 
     def value_and_grad(z: np.ndarray):
@@ -116,6 +114,13 @@ def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3,
         minimize(objective, y0, jac=True, method="L-BFGS-B", bounds=Bounds(-half, half),
                  options={"maxiter": maxiter})
     return 100.0 * (best[0] - f0) / (1.0 + f0)
+
+
+def _float64_batches(data, device) -> list:
+    """Every batch of ``data`` on ``device``, floating-point tensors in float64 (labels kept)."""
+    return [(X.to(device=device, dtype=torch.float64) if X.is_floating_point() else X.to(device),
+             y.to(device=device, dtype=torch.float64) if y.is_floating_point() else y.to(device))
+            for X, y in materialize(data)]
 
 
 def _box(model: nn.Module, eps: float, subspace_dim: Optional[int], seed: int):
@@ -207,10 +212,8 @@ def keskar_first_order(model: nn.Module, loss_fn, data, eps: float = 1e-3,
     """
     check_reduction(loss_fn)
     layout, x, A, half = _box(model, eps, subspace_dim, seed)
-    device, f64 = layout.device, torch.float64
-    batches = [(X.to(device=device, dtype=f64) if X.is_floating_point() else X.to(device),
-                y.to(device=device, dtype=f64) if y.is_floating_point() else y.to(device))
-               for X, y in materialize(data)]
+    device = layout.device
+    batches = _float64_batches(data, device)
     with evaluation(model, eval_mode):
         f0, grad = loss_at(model, loss_fn, batches, torch.from_numpy(x).to(device), grad=True,
                            layout=layout, eval_mode=eval_mode)
